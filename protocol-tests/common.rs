@@ -1,0 +1,164 @@
+//! Shared test setup: the broker, unique topic names, a client, a Java tool runner.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use exactly::client::admin::Admin;
+use exactly::client::{Client, ClientConfig};
+
+/// The environment variable naming an already running broker (comma-separated host:port).
+pub const BROKERS_ENV: &str = "EXACTLY_TEST_BROKERS";
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The broker's bootstrap address, starting the project's broker if needed. Panics with a
+/// message saying how to get a broker when none can be had.
+pub fn brokers() -> &'static str {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS.get_or_init(|| {
+        if let Ok(addr) = std::env::var(BROKERS_ENV) {
+            if !addr.trim().is_empty() {
+                return addr;
+            }
+        }
+        let script = repo_root().join("scripts/kafka");
+        let output = Command::new("bash").arg(&script).arg("up").output().unwrap_or_else(|e| {
+            panic!("cannot run {}: {e}. Start a broker with `scripts/kafka up` or set {BROKERS_ENV}", script.display())
+        });
+        if !output.status.success() {
+            panic!(
+                "no Kafka broker for the protocol tests: `scripts/kafka up` failed ({}).\n{}\n\
+                 Start one with `scripts/kafka up` (needs Java 17+ and Maven) or set {BROKERS_ENV}=host:port.",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        stdout
+            .lines()
+            .last()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| panic!("`scripts/kafka up` printed no address; stdout: {stdout}"))
+            .to_owned()
+    })
+}
+
+pub async fn client() -> Client {
+    let brokers = brokers();
+    Client::connect(ClientConfig::new(brokers))
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test broker at {brokers}: {e}"))
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn create_topic(client: &Client, prefix: &str, partitions: i32) -> String {
+    let name = unique_topic(prefix);
+    Admin::new(client.clone())
+        .create_topic(&name, partitions, &[])
+        .await
+        .expect("create topic");
+    name
+}
+
+/// Runs one of Kafka's Java tools (see `scripts/kafka tool`) and returns its stdout.
+pub fn kafka_tool(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/kafka"))
+        .arg("tool")
+        .args(args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run scripts/kafka tool");
+    {
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(data) = stdin {
+            pipe.write_all(data).expect("write tool stdin");
+        }
+    }
+    let output = child.wait_with_output().expect("wait for tool");
+    assert!(
+        output.status.success(),
+        "kafka tool {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// The `exactly` binary built for this test run.
+pub fn exactly_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_exactly"))
+}
+
+/// Compiles (once) and returns the directory holding the test's Java helper programs.
+pub fn java_helpers() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = repo_root().join("target/java-helpers");
+        std::fs::create_dir_all(&out).expect("create target/java-helpers");
+        let classpath = classpath();
+        let status = Command::new("javac")
+            .args(["-d", out.to_str().unwrap(), "-cp", &classpath])
+            .arg(repo_root().join("protocol-tests/java/TxnWriter.java"))
+            .status()
+            .expect("run javac (Java 17+ is needed for the interop tests)");
+        assert!(
+            status.success(),
+            "javac failed for protocol-tests/java/TxnWriter.java"
+        );
+        out
+    })
+    .as_path()
+}
+
+pub fn classpath() -> String {
+    let output = Command::new("bash")
+        .arg(repo_root().join("scripts/kafka"))
+        .arg("classpath")
+        .output()
+        .expect("scripts/kafka classpath");
+    assert!(
+        output.status.success(),
+        "scripts/kafka classpath failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Runs a Java helper class with the Kafka classpath.
+pub fn run_java(class: &str, args: &[&str]) -> String {
+    let classpath = format!("{}:{}", java_helpers().display(), classpath());
+    let output = Command::new("java")
+        .args(["-cp", &classpath, class])
+        .args(args)
+        .output()
+        .expect("run java");
+    assert!(
+        output.status.success(),
+        "java {class} {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

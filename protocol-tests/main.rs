@@ -1,0 +1,13 @@
+//! Protocol tests against a real Apache Kafka broker.
+//!
+//! The broker address comes from `EXACTLY_TEST_BROKERS` when set; otherwise the tests start the
+//! project's own broker once per run with `scripts/kafka up`. No broker means a loud failure
+//! with instructions, never a skip.
+
+mod common;
+
+mod admin;
+mod interop;
+mod produce_fetch;
+mod transactions_java;
+mod versions;

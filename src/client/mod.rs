@@ -1,0 +1,475 @@
+//! The cluster client: bootstrap, metadata, one connection per broker, and the clients built on
+//! them ([`admin`], [`producer`], [`fetcher`]).
+//!
+//! Metadata (<https://kafka.apache.org/protocol.html#The_Messages_Metadata>) tells which broker
+//! leads each partition. We cache it and refresh it when an error says it is stale
+//! (NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, a lost connection), as the error-code
+//! table's `refresh` column directs.
+
+pub mod admin;
+mod error;
+pub mod fetcher;
+pub mod partitioner;
+pub mod producer;
+pub mod transaction;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::{debug, instrument};
+
+pub use error::ClientError;
+
+use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::connection::{Connection, ConnectionConfig, ConnectionError};
+use crate::protocol::error_codes::{self, Refresh};
+use crate::protocol::messages::messages::metadata_request::MetadataRequestTopic;
+use crate::protocol::messages::messages::{MetadataRequest, TopicName};
+use crate::protocol::messages::{kstr, KafkaRequest};
+
+/// Cluster client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` pairs to start from.
+    pub bootstrap: Vec<String>,
+    /// Per-connection settings.
+    pub connection: ConnectionConfig,
+    /// Backoff and deadline for retried operations (connects, metadata).
+    pub retry: BackoffConfig,
+}
+
+impl ClientConfig {
+    /// Settings for a comma-separated bootstrap list, defaults elsewhere.
+    pub fn new(bootstrap: &str) -> Self {
+        Self {
+            bootstrap: bootstrap
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            connection: ConnectionConfig::default(),
+            retry: BackoffConfig::default(),
+        }
+    }
+}
+
+/// What metadata says about one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition index.
+    pub partition: i32,
+    /// Leader broker id (-1 when leaderless).
+    pub leader: i32,
+    /// Leader epoch.
+    pub leader_epoch: i32,
+}
+
+/// What metadata says about one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub name: String,
+    /// Partitions, indexed by partition number.
+    pub partitions: Vec<PartitionInfo>,
+    /// Whether it is an internal topic (`__consumer_offsets`, ...).
+    pub internal: bool,
+}
+
+#[derive(Default)]
+struct Metadata {
+    brokers: HashMap<i32, String>,
+    topics: HashMap<String, TopicInfo>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+struct Inner {
+    config: ClientConfig,
+    metadata: RwLock<Metadata>,
+    /// One slot per broker address; the async mutex serializes (re)connecting to that broker.
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+/// A handle to the cluster. Cheap to clone; all clones share connections and metadata.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bootstrap", &self.inner.config.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the first reachable bootstrap broker and loads cluster metadata.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        if config.bootstrap.is_empty() {
+            return Err(ClientError::Config {
+                field: "bootstrap",
+                message: "no broker address given".into(),
+            });
+        }
+        let client = Self {
+            inner: Arc::new(Inner {
+                config,
+                metadata: RwLock::default(),
+                slots: Mutex::default(),
+            }),
+        };
+        client.refresh_metadata(&[]).await?;
+        Ok(client)
+    }
+
+    /// The settings this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A live connection to `addr`, connecting (with backoff, until the retry deadline) if the
+    /// cached one is missing or poisoned.
+    ///
+    /// # Cancel safety
+    /// Cancel safe; a connection attempt in progress is dropped.
+    pub async fn connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
+        let slot = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(slots.entry(addr.to_owned()).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.poisoned().is_none() {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        let mut backoff = Backoff::new(self.inner.config.retry);
+        loop {
+            match Connection::connect(addr, self.inner.config.connection.clone()).await {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    *slot = Some(Arc::clone(&conn));
+                    return Ok(conn);
+                }
+                Err(e) if e.is_disconnect() => {
+                    debug!(addr, error = %e, "connect failed; backing off");
+                    if !backoff.wait().await {
+                        return Err(ClientError::RetriesExhausted {
+                            what: "connect",
+                            attempts: backoff.attempts(),
+                            deadline_ms: self.inner.config.retry.deadline_ms,
+                            last: Box::new(e.into()),
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A connection to the broker with id `node_id`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn broker(&self, node_id: i32) -> Result<Arc<Connection>, ClientError> {
+        let addr = self.broker_addr(node_id);
+        let addr = match addr {
+            Some(addr) => addr,
+            None => {
+                self.refresh_metadata(&[]).await?;
+                self.broker_addr(node_id).ok_or_else(|| {
+                    ClientError::Connection(ConnectionError::Closed {
+                        addr: format!("node {node_id}"),
+                        cause: "broker not in metadata".into(),
+                    })
+                })?
+            }
+        };
+        self.connection(&addr).await
+    }
+
+    fn broker_addr(&self, node_id: i32) -> Option<String> {
+        self.inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .brokers
+            .get(&node_id)
+            .cloned()
+    }
+
+    /// A connection to any reachable broker: known brokers first, then the bootstrap list.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn any_broker(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut candidates: Vec<String> = {
+            let md = self
+                .inner
+                .metadata
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            md.brokers.values().cloned().collect()
+        };
+        candidates.sort();
+        for addr in &self.inner.config.bootstrap {
+            if !candidates.contains(addr) {
+                candidates.push(addr.clone());
+            }
+        }
+        // Reuse a live connection when there is one.
+        for addr in &candidates {
+            let slot = self
+                .inner
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(addr)
+                .cloned();
+            if let Some(slot) = slot {
+                if let Ok(guard) = slot.try_lock() {
+                    if let Some(conn) = guard.as_ref().filter(|c| c.poisoned().is_none()) {
+                        return Ok(Arc::clone(conn));
+                    }
+                }
+            }
+        }
+        let mut last_error = None;
+        for addr in &candidates {
+            match self.connection(addr).await {
+                Ok(conn) => return Ok(conn),
+                Err(ClientError::RetriesExhausted { last, .. }) => {
+                    if let ClientError::Connection(e) = *last {
+                        last_error = Some(e);
+                    }
+                }
+                Err(ClientError::Connection(e)) => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::NoBrokers {
+            bootstrap: self.inner.config.bootstrap.join(","),
+            last_error: Box::new(last_error.unwrap_or(ConnectionError::Closed {
+                addr: String::new(),
+                cause: "no address to try".into(),
+            })),
+        })
+    }
+
+    /// Sends `request` to any broker, retrying disconnects until the retry deadline.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn request_any<R: KafkaRequest + Clone>(
+        &self,
+        request: &R,
+    ) -> Result<R::Response, ClientError>
+    where
+        R::Response: Send + 'static,
+    {
+        let mut backoff = Backoff::new(self.inner.config.retry);
+        loop {
+            let result =
+                async { Ok::<_, ClientError>(self.any_broker().await?.request(request).await?) }
+                    .await;
+            match result {
+                Err(e) if e.is_retriable() && backoff.wait().await => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Reloads metadata for `topics` (all topics when empty) and the broker list.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    #[instrument(level = "debug", skip(self))]
+    pub async fn refresh_metadata(&self, topics: &[String]) -> Result<(), ClientError> {
+        let request = MetadataRequest::default()
+            .with_topics(if topics.is_empty() {
+                None
+            } else {
+                Some(
+                    topics
+                        .iter()
+                        .map(|t| {
+                            MetadataRequestTopic::default()
+                                .with_name(Some(TopicName(kstr(t.clone()))))
+                        })
+                        .collect(),
+                )
+            })
+            .with_allow_auto_topic_creation(false);
+        let response = self.request_any(&request).await?;
+        let mut md = self
+            .inner
+            .metadata
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        md.brokers = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        if topics.is_empty() {
+            md.topics.clear();
+        }
+        for topic in &response.topics {
+            let Some(name) = topic.name.as_ref().map(|n| n.0.to_string()) else {
+                continue;
+            };
+            if topic.error_code != 0 {
+                md.topics.remove(&name);
+                continue;
+            }
+            let mut partitions: Vec<PartitionInfo> = topic
+                .partitions
+                .iter()
+                .map(|p| PartitionInfo {
+                    partition: p.partition_index,
+                    leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            md.topics.insert(
+                name.clone(),
+                TopicInfo {
+                    name,
+                    partitions,
+                    internal: topic.is_internal,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Cached metadata for `topic`, loading it if absent.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn topic(&self, topic: &str) -> Result<TopicInfo, ClientError> {
+        if let Some(info) = self.cached_topic(topic) {
+            return Ok(info);
+        }
+        self.refresh_metadata(&[topic.to_owned()]).await?;
+        self.cached_topic(topic)
+            .ok_or_else(|| ClientError::UnknownTopic {
+                topic: topic.to_owned(),
+            })
+    }
+
+    /// Every topic in the cluster (refreshes metadata).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
+        self.refresh_metadata(&[]).await?;
+        let md = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut topics: Vec<TopicInfo> = md.topics.values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(topics)
+    }
+
+    fn cached_topic(&self, topic: &str) -> Option<TopicInfo> {
+        self.inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .topics
+            .get(topic)
+            .cloned()
+    }
+
+    /// The leader of `topic`/`partition`, refreshing metadata if it is unknown or leaderless.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn leader(&self, topic: &str, partition: i32) -> Result<i32, ClientError> {
+        let mut backoff = Backoff::new(self.inner.config.retry);
+        loop {
+            let info = self.topic(topic).await?;
+            let count = info.partitions.len() as i32;
+            match info
+                .partitions
+                .get(partition as usize)
+                .filter(|_| partition >= 0)
+            {
+                None => {
+                    return Err(ClientError::UnknownPartition {
+                        topic: topic.to_owned(),
+                        partition,
+                        partitions: count,
+                    })
+                }
+                Some(p) if p.leader >= 0 => return Ok(p.leader),
+                Some(_) => {
+                    if !backoff.wait().await {
+                        return Err(ClientError::broker(
+                            "Metadata",
+                            error_codes::codes::NOT_LEADER_OR_FOLLOWER,
+                        )
+                        .at(topic, Some(partition)));
+                    }
+                    self.refresh_metadata(&[topic.to_owned()]).await?;
+                }
+            }
+        }
+    }
+
+    /// The cached leader of `topic`/`partition`, without any I/O.
+    pub fn cached_leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        let md = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let leader = md
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?
+            .leader;
+        (leader >= 0).then_some(leader)
+    }
+
+    /// Forgets cached leadership for `topic` when an error code says it is stale.
+    pub fn invalidate(&self, topic: &str, code: i16) {
+        if error_codes::lookup(code).refresh == Refresh::Metadata {
+            self.inner
+                .metadata
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .topics
+                .remove(topic);
+        }
+    }
+
+    /// Kills every open connection as a network failure would. For tests that force retries.
+    pub fn kill_connections(&self) {
+        let slots: Vec<Slot> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            if let Ok(guard) = slot.try_lock() {
+                if let Some(conn) = guard.as_ref() {
+                    conn.kill();
+                }
+            }
+        }
+    }
+}
