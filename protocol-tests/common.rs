@@ -47,7 +47,21 @@ pub fn brokers() -> &'static str {
     })
 }
 
+/// Logs to the test output when `EXACTLY_LOG` is set (e.g. `EXACTLY_LOG=exactly=debug`).
+pub fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if let Ok(filter) = std::env::var("EXACTLY_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 pub async fn client() -> Client {
+    init_logging();
     let brokers = brokers();
     Client::connect(ClientConfig::new(brokers))
         .await

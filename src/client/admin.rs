@@ -181,15 +181,6 @@ impl Admin {
     pub async fn delete_topics(&self, names: &[&str]) -> Result<(), ClientError> {
         let request = DeleteTopicsRequest::default()
             .with_topic_names(names.iter().map(|n| TopicName(kstr(*n))).collect())
-            .with_topics(
-                names
-                    .iter()
-                    .map(|n| {
-                        crate::protocol::messages::messages::delete_topics_request::DeleteTopicState::default()
-                            .with_name(Some(TopicName(kstr(*n))))
-                    })
-                    .collect(),
-            )
             .with_timeout_ms(ADMIN_TIMEOUT_MS);
         let response = self.client.request_any(&request).await?;
         for result in &response.responses {

@@ -241,6 +241,13 @@ struct PartitionQueue {
     next_sequence: i32,
     /// A batch was put back for retry: one batch in flight until it is acknowledged.
     retrying: bool,
+    /// The sequence the broker expects next: one past the last acknowledged record.
+    next_acked_sequence: i32,
+    /// Whether a batch of this producer epoch was acknowledged on this partition. Until then one
+    /// batch at a time: a broker that has no state for a producer accepts *any* first sequence,
+    /// so a later batch overtaking a failed first one would be written first (and the first one
+    /// never). Seen right after topic creation, when the first batch gets NOT_LEADER.
+    acked_any: bool,
 }
 
 struct State {
@@ -485,6 +492,8 @@ impl Producer {
             .retain(|_, pq| pq.in_flight > 0 || pq.open.is_some() || !pq.queue.is_empty());
         for pq in state.partitions.values_mut() {
             pq.next_sequence = 0;
+            pq.next_acked_sequence = 0;
+            pq.acked_any = false;
             pq.retrying = false;
         }
         state.fatal = None;
@@ -607,7 +616,7 @@ fn drain(inner: &Inner, state: &mut State, now: Instant) -> Drained {
         if pq.retrying && pq.in_flight > 0 {
             continue; // wait for in-flight batches before resending in order
         }
-        let limit = if pq.retrying {
+        let limit = if pq.retrying || !pq.acked_any {
             1
         } else {
             config.in_flight_per_partition_max
@@ -689,26 +698,42 @@ async fn send_to_leader(inner: &Arc<Inner>, leader: i32, batches: Vec<Batch>) {
         Err(e) => {
             let mut state = inner.lock();
             for batch in batches {
+                if let Some(pq) = state.partitions.get_mut(&batch.tp) {
+                    pq.in_flight = pq.in_flight.saturating_sub(1);
+                }
                 requeue(inner, &mut state, batch, &e);
             }
             return;
         }
     };
-    let mut request_batches: Vec<Vec<Batch>> = vec![Vec::new()];
-    let mut size = 0;
+    // A produce request carries at most one batch per partition (the broker rejects more from
+    // an idempotent producer), so the k-th batch of every partition goes into the k-th request;
+    // enqueuing the requests in order keeps each partition's batches in sequence order. A
+    // request is also cut at `request_bytes_max`.
+    let mut request_batches: Vec<(Vec<Batch>, usize)> = Vec::new();
+    let mut per_partition: HashMap<TopicPartition, usize> = HashMap::new();
     for batch in batches {
-        if size + batch.data.len() > inner.config.request_bytes_max
-            && !request_batches.last().is_some_and(Vec::is_empty)
-        {
-            request_batches.push(Vec::new());
-            size = 0;
+        let round = per_partition.entry(batch.tp.clone()).or_insert(0);
+        let mut index = *round;
+        while index < request_batches.len() {
+            let (members, size) = &request_batches[index];
+            let fits =
+                members.is_empty() || size + batch.data.len() <= inner.config.request_bytes_max;
+            if fits && !members.iter().any(|b| b.tp == batch.tp) {
+                break;
+            }
+            index += 1;
         }
-        size += batch.data.len();
-        if let Some(last) = request_batches.last_mut() {
-            last.push(batch);
+        if index == request_batches.len() {
+            request_batches.push((Vec::new(), 0));
         }
+        *round = index + 1;
+        let (members, size) = &mut request_batches[index];
+        *size += batch.data.len();
+        members.push(batch);
     }
-    for batches in request_batches.into_iter().filter(|b| !b.is_empty()) {
+    let request_batches = request_batches.into_iter().map(|(b, _)| b);
+    for batches in request_batches {
         let request = produce_request(inner, &batches);
         match conn.enqueue(&request).await {
             Ok(response) => {
@@ -792,9 +817,10 @@ fn handle_response(
                 if state
                     .partitions
                     .get(&batch.tp)
-                    .is_some_and(|pq| pq.retrying) =>
+                    .is_some_and(|pq| pq.next_acked_sequence != batch.base_sequence) =>
             {
-                // An earlier batch of this partition is being retried; this one follows it.
+                // An earlier batch of this partition is not acknowledged yet (in flight, or
+                // being retried): this one must follow it, so it is retried too.
                 requeue(inner, &mut state, batch, &error);
             }
             code => {
@@ -841,6 +867,11 @@ fn complete(state: &mut State, batch: Batch, base_offset: i64) {
     }
     state.outstanding_records -= count;
     if let Some(pq) = state.partitions.get_mut(&batch.tp) {
+        let next = batch.base_sequence.wrapping_add(count as i32) & i32::MAX;
+        if seq_before(pq.next_acked_sequence, next) {
+            pq.next_acked_sequence = next;
+        }
+        pq.acked_any = true;
         if pq.retrying && pq.queue.iter().all(|b| b.attempts == 0) {
             pq.retrying = false;
         }
