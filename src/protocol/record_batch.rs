@@ -409,7 +409,9 @@ impl BatchIter {
         let batch = &rest[..total];
         let stored = be_i32(batch, CRC_OFFSET) as u32;
         let computed = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
-        if stored != computed {
+        // Under the fuzzing feature the CRC is not enforced, so the fuzzer can reach the record
+        // decoding behind it; the CRC check itself is covered by unit tests.
+        if stored != computed && !cfg!(feature = "fuzzing") {
             return Err(ProtocolError::CrcMismatch { stored, computed });
         }
         let attributes = be_i16(batch, ATTRIBUTES_OFFSET);
