@@ -153,8 +153,10 @@ pub enum ClientError {
     },
     /// A prepared transaction can no longer be committed: the broker aborted it (usually because
     /// it outlived `transaction.timeout.ms`) or a newer producer fenced it.
-    #[error("prepared transaction {transactional_id:?} (producer {producer_id}, epoch {producer_epoch}) cannot be committed: {reason}")]
+    #[error("prepared transaction {transactional_id:?} (producer {producer_id}, epoch {producer_epoch}) cannot be {action}: {reason}")]
     PreparedTxnLost {
+        /// `committed` or `aborted`: what was asked.
+        action: &'static str,
         /// The transactional id.
         transactional_id: String,
         /// The stored producer id.

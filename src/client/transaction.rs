@@ -425,7 +425,8 @@ impl TransactionalProducer {
             )?;
             if inner.state == TxnState::InTransaction {
                 if let Err(e) = self.producer.flush().await {
-                    return Err(inner.fail(ClientError::TxnAbortable { cause: Box::new(e) }));
+                    let e = self.flush_error(e, &inner);
+                    return Err(inner.fail(e));
                 }
             }
             inner.state = TxnState::Committing;
@@ -478,7 +479,8 @@ impl TransactionalProducer {
         let mut inner = self.inner.lock().await;
         inner.expect("prepare", &[TxnState::InTransaction])?;
         if let Err(e) = self.producer.flush().await {
-            return Err(inner.fail(ClientError::TxnAbortable { cause: Box::new(e) }));
+            let e = self.flush_error(e, &inner);
+            return Err(inner.fail(e));
         }
         inner.state = TxnState::Prepared;
         Ok(PreparedTxn {
@@ -564,6 +566,32 @@ impl TransactionalProducer {
                 let e = self.classify(e, inner);
                 Err(inner.fail(e))
             }
+        }
+    }
+
+    /// Waits until every record sent so far is acknowledged (or failed). A failed record makes
+    /// the transaction abortable (or the producer fatal, when fenced).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: flushing only waits.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        inner.expect("flush", &[TxnState::InTransaction])?;
+        if let Err(e) = self.producer.flush().await {
+            let e = self.flush_error(e, &inner);
+            return Err(inner.fail(e));
+        }
+        Ok(())
+    }
+
+    /// A record failed during flush: fenced is fatal, anything else makes the transaction
+    /// abortable.
+    fn flush_error(&self, e: ClientError, inner: &Inner) -> ClientError {
+        match self.classify(e, inner) {
+            fenced @ ClientError::Fenced { .. } => fenced,
+            other => ClientError::TxnAbortable {
+                cause: Box::new(other),
+            },
         }
     }
 
@@ -804,6 +832,7 @@ async fn end_txn(
             );
             Err(lost(
                 prepared,
+                commit,
                 format!("EndTxn answered {code}; coordinator state {state}"),
             ))
         }
@@ -821,8 +850,9 @@ async fn end_txn(
     }
 }
 
-fn lost(prepared: &PreparedTxn, reason: String) -> ClientError {
+fn lost(prepared: &PreparedTxn, commit: bool, reason: String) -> ClientError {
     ClientError::PreparedTxnLost {
+        action: if commit { "committed" } else { "aborted" },
         transactional_id: prepared.transactional_id.clone(),
         producer_id: prepared.producer_id,
         producer_epoch: prepared.producer_epoch,
@@ -848,9 +878,10 @@ fn already_ended(
     match (d.state.as_str(), commit) {
         ("CompleteCommit", true) => Ok(Some(TxnOutcome::AlreadyCommitted)),
         ("CompleteAbort", false) => Ok(Some(TxnOutcome::AlreadyAborted)),
-        ("CompleteCommit", false) => Err(lost(prepared, "it was already committed".into())),
+        ("CompleteCommit", false) => Err(lost(prepared, commit, "it was already committed".into())),
         ("CompleteAbort", true) => Err(lost(
             prepared,
+            commit,
             format!("the coordinator aborted it (state {})", d.state),
         )),
         _ => Ok(None),

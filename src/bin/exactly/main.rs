@@ -7,6 +7,7 @@ mod consume;
 mod demo;
 mod produce;
 mod topics;
+mod txn;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume records and print them.
     Consume(consume::ConsumeArgs),
+    /// Prepared transactions: prepare, commit or abort from a stored identity, describe.
+    #[command(subcommand)]
+    Txn(txn::TxnCommand),
     /// The quick-start job: writes records and reads them back exactly once.
     Demo(demo::DemoArgs),
 }
@@ -88,5 +92,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(client, args).await,
         Command::Consume(args) => consume::run(client, args).await,
         Command::Demo(args) => demo::run(client, args).await,
+        Command::Txn(cmd) => txn::run(client, cmd).await,
     }
 }
