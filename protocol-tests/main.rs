@@ -9,5 +9,6 @@ mod common;
 mod admin;
 mod interop;
 mod produce_fetch;
+mod transactions;
 mod transactions_java;
 mod versions;
