@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use exactly::client::admin::Admin;
+use exactly::client::admin::{Admin, Isolation};
+use exactly::client::fetcher::{FetchConfig, Fetcher};
 use exactly::client::{Client, ClientConfig};
+use exactly::protocol::record_batch::Record;
 
 /// The environment variable naming an already running broker (comma-separated host:port).
 pub const BROKERS_ENV: &str = "EXACTLY_TEST_BROKERS";
@@ -175,4 +177,38 @@ pub fn run_java(class: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Reads `topic`/`partition` from offset 0 up to the high watermark.
+pub async fn read_all(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    isolation: Isolation,
+) -> Vec<Record> {
+    let fetcher = Fetcher::new(
+        client.clone(),
+        FetchConfig {
+            isolation,
+            max_wait_ms: 50,
+            ..FetchConfig::default()
+        },
+    );
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetched = fetcher
+            .fetch(topic, partition, offset)
+            .await
+            .expect("fetch");
+        records.extend(fetched.records);
+        offset = fetched.next_offset;
+        let end = match isolation {
+            Isolation::ReadCommitted => fetched.last_stable_offset,
+            Isolation::ReadUncommitted => fetched.high_watermark,
+        };
+        if offset >= end {
+            return records;
+        }
+    }
 }

@@ -7,45 +7,11 @@ use exactly::client::admin::Isolation;
 use exactly::client::fetcher::{FetchConfig, Fetcher};
 use exactly::client::partitioner::partition_for_key;
 use exactly::client::producer::{Producer, ProducerConfig, ProducerRecord};
-use exactly::client::{Client, ClientError};
+use exactly::client::ClientError;
 use exactly::protocol::compression::Compression;
-use exactly::protocol::record_batch::{Record, RecordHeader};
+use exactly::protocol::record_batch::RecordHeader;
 
-use crate::common::{client, create_topic};
-
-/// Reads `topic`/`partition` from offset 0 up to the high watermark.
-pub async fn read_all(
-    client: &Client,
-    topic: &str,
-    partition: i32,
-    isolation: Isolation,
-) -> Vec<Record> {
-    let fetcher = Fetcher::new(
-        client.clone(),
-        FetchConfig {
-            isolation,
-            max_wait_ms: 50,
-            ..FetchConfig::default()
-        },
-    );
-    let mut records = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetched = fetcher
-            .fetch(topic, partition, offset)
-            .await
-            .expect("fetch");
-        records.extend(fetched.records);
-        offset = fetched.next_offset;
-        let end = match isolation {
-            Isolation::ReadCommitted => fetched.last_stable_offset,
-            Isolation::ReadUncommitted => fetched.high_watermark,
-        };
-        if offset >= end {
-            return records;
-        }
-    }
-}
+use crate::common::{client, create_topic, read_all};
 
 #[tokio::test]
 async fn round_trip_every_codec() {

@@ -12,8 +12,8 @@ use exactly::client::transaction::{
 };
 use exactly::client::{Client, ClientError};
 
+use crate::common::read_all;
 use crate::common::{brokers, client, create_topic, exactly_bin, kafka_tool, unique_topic};
-use crate::produce_fetch::read_all;
 
 async fn values(
     client: &Client,

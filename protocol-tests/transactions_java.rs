@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use exactly::client::admin::{Admin, Isolation, OffsetSpec};
 
+use crate::common::read_all;
 use crate::common::{brokers, client, create_topic, run_java, unique_topic};
-use crate::produce_fetch::read_all;
 
 #[tokio::test]
 async fn aborted_java_transactions_are_filtered() {
