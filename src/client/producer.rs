@@ -310,10 +310,21 @@ impl Producer {
             .with_transaction_timeout_ms(-1)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
-        let response = client.request_any(&request).await?;
-        if response.error_code != 0 {
-            return Err(ClientError::broker("InitProducerId", response.error_code));
-        }
+        // Retriable codes (COORDINATOR_LOAD_IN_PROGRESS right after a broker start, ...) are
+        // retried with backoff until the client's retry deadline.
+        let mut backoff = crate::connection::backoff::Backoff::new(client.config().retry);
+        let response = loop {
+            let response = client.request_any(&request).await?;
+            match response.error_code {
+                0 => break response,
+                code => {
+                    let error = ClientError::broker("InitProducerId", code);
+                    if !(error.is_retriable() && backoff.wait().await) {
+                        return Err(error);
+                    }
+                }
+            }
+        };
         Ok(Self::with_producer_id(
             client,
             config,
