@@ -4,8 +4,6 @@
 //! the controller (KIP-590). ListOffsets must go to the partition leader
 //! (<https://kafka.apache.org/protocol.html#The_Messages_ListOffsets>).
 
-use std::time::Duration;
-
 use crate::connection::backoff::Backoff;
 use crate::protocol::error_codes::codes;
 use crate::protocol::messages::kstr;
@@ -314,6 +312,3 @@ impl Admin {
         Ok(entries)
     }
 }
-
-/// How long admin requests wait on the broker side.
-pub const ADMIN_TIMEOUT: Duration = Duration::from_millis(ADMIN_TIMEOUT_MS as u64);

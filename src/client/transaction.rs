@@ -37,9 +37,9 @@ use crate::protocol::messages::messages::{
     add_partitions_to_txn_request::AddPartitionsToTxnTopic,
     txn_offset_commit_request::TxnOffsetCommitRequestPartition,
     txn_offset_commit_request::TxnOffsetCommitRequestTopic, AddOffsetsToTxnRequest,
-    AddPartitionsToTxnRequest, BrokerId, DescribeTransactionsRequest, EndTxnRequest,
-    FindCoordinatorRequest, GroupId, InitProducerIdRequest, ProduceRequest, ProducerId, TopicName,
-    TransactionalId, TxnOffsetCommitRequest,
+    AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest, FindCoordinatorRequest,
+    GroupId, InitProducerIdRequest, ProduceRequest, ProducerId, TopicName, TransactionalId,
+    TxnOffsetCommitRequest,
 };
 use crate::protocol::messages::{kstr, KafkaRequest};
 
@@ -1101,12 +1101,64 @@ impl Coordinator {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>(_: T) {}
-    let _ = |p: &'static TransactionalProducer| {
-        is_send(p.commit());
-        is_send(p.send(ProducerRecord::default()));
-    };
-    let _ = BrokerId(0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The producer's futures must be usable from multi-threaded runtimes.
+    #[test]
+    fn futures_are_send() {
+        fn is_send<T: Send>(_: T) {}
+        let _ = |p: &'static TransactionalProducer| {
+            is_send(p.commit());
+            is_send(p.send(ProducerRecord::default()));
+        };
+    }
+
+    fn description(state: &str, epoch: i16) -> TxnDescription {
+        TxnDescription {
+            state: state.into(),
+            producer_id: 7,
+            producer_epoch: epoch,
+            partitions: vec![],
+        }
+    }
+
+    fn prepared(version: i16) -> PreparedTxn {
+        PreparedTxn {
+            transactional_id: "t".into(),
+            producer_id: 7,
+            producer_epoch: 3,
+            transaction_version: version,
+        }
+    }
+
+    #[test]
+    fn already_ended_recognises_our_own_outcome_only() {
+        // v2 bumps the epoch on EndTxn: one past ours is still ours.
+        assert_eq!(
+            already_ended(&description("CompleteCommit", 4), &prepared(2), true).unwrap(),
+            Some(TxnOutcome::AlreadyCommitted)
+        );
+        assert_eq!(
+            already_ended(&description("CompleteAbort", 3), &prepared(1), false).unwrap(),
+            Some(TxnOutcome::AlreadyAborted)
+        );
+        // An abort by the coordinator (timeout) is never taken for a commit.
+        let err = already_ended(&description("CompleteAbort", 4), &prepared(2), true).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot be committed: the coordinator aborted it"),
+            "{err}"
+        );
+        // Under v1 an epoch one past ours was bumped by someone else (timeout fencing): not ours.
+        assert_eq!(
+            already_ended(&description("CompleteCommit", 4), &prepared(1), true).unwrap(),
+            None
+        );
+        assert_eq!(
+            already_ended(&description("Ongoing", 3), &prepared(2), true).unwrap(),
+            None
+        );
+    }
 }
