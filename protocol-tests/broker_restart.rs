@@ -17,7 +17,7 @@ use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{TransactionConfig, TransactionalProducer, TxnOutcome};
 use exactly::client::{Client, ClientConfig};
 
-use common::{brokers, create_topic, repo_root, unique_topic};
+use common::{brokers, create_topic, repo_root, settle, unique_topic};
 
 fn kafka(action: &str) {
     let status = Command::new("bash")
@@ -124,6 +124,7 @@ async fn broker_restart_mid_transaction() {
         .unwrap();
     assert_eq!(producer.commit().await.unwrap(), TxnOutcome::Committed);
     committed.append(&mut sent);
+    settle(&client, &topic, 2).await;
 
     let mut seen = Vec::new();
     for p in 0..2 {

@@ -212,3 +212,42 @@ pub async fn read_all(
         }
     }
 }
+
+/// Waits (at most 30 s) until every partition's last stable offset has caught up with its high
+/// watermark. EndTxn returns once the coordinator has decided; the markers that move the LSO are
+/// written to the partitions just after, so a reader that wants a finished transaction waits.
+pub async fn settle(client: &Client, topic: &str, partitions: i32) {
+    let admin = Admin::new(client.clone());
+    for p in 0..partitions {
+        let mut waited_ms = 0;
+        loop {
+            let lso = admin
+                .list_offset(
+                    topic,
+                    p,
+                    exactly::client::admin::OffsetSpec::Latest,
+                    Isolation::ReadCommitted,
+                )
+                .await
+                .unwrap();
+            let hw = admin
+                .list_offset(
+                    topic,
+                    p,
+                    exactly::client::admin::OffsetSpec::Latest,
+                    Isolation::ReadUncommitted,
+                )
+                .await
+                .unwrap();
+            if lso >= hw {
+                break;
+            }
+            assert!(
+                waited_ms < 30_000,
+                "{topic}/{p}: LSO {lso} still behind the high watermark {hw} after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            waited_ms += 20;
+        }
+    }
+}

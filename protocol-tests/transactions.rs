@@ -13,7 +13,7 @@ use exactly::client::transaction::{
 use exactly::client::{Client, ClientError};
 
 use crate::common::read_all;
-use crate::common::{brokers, client, create_topic, exactly_bin, kafka_tool, unique_topic};
+use crate::common::{brokers, client, create_topic, exactly_bin, kafka_tool, settle, unique_topic};
 
 async fn values(
     client: &Client,
@@ -140,6 +140,8 @@ async fn transaction_across_topics_is_atomic() {
     );
 
     assert_eq!(producer.commit().await.unwrap(), TxnOutcome::Committed);
+    settle(&client, &a, 2).await;
+    settle(&client, &b, 1).await;
     assert_eq!(
         values(&client, &a, 2, Isolation::ReadCommitted).await.len(),
         20
@@ -162,6 +164,7 @@ async fn transaction_across_topics_is_atomic() {
     producer.begin().await.unwrap();
     send_values(&producer, &targets, "t2", 10).await;
     assert_eq!(producer.abort().await.unwrap(), TxnOutcome::Aborted);
+    settle(&client, &a, 2).await;
     let committed = values(&client, &a, 2, Isolation::ReadCommitted).await;
     assert_eq!(committed.len(), 20);
     assert!(committed.iter().all(|v| v.starts_with("t1-")));
@@ -214,6 +217,7 @@ async fn a_second_producer_fences_the_first() {
     second.begin().await.unwrap();
     send_values(&second, &[(topic.as_str(), 0)], "alive", 5).await;
     second.commit().await.unwrap();
+    settle(&client, &topic, 1).await;
     let visible = values(&client, &topic, 1, Isolation::ReadCommitted).await;
     assert_eq!(visible.len(), 5);
     assert!(
@@ -305,6 +309,7 @@ async fn prepared_transaction_committed_by_another_process_after_sigkill() {
     let (ok, stdout, stderr) = txn_cli("commit", &file);
     assert!(ok, "commit failed: {stderr}");
     assert_eq!(stdout, "Committed");
+    settle(&client, &topic, 1).await;
     let mut want = lines.clone();
     want.sort();
     assert_eq!(
@@ -348,6 +353,7 @@ async fn prepared_transaction_aborted_by_another_process_after_sigkill() {
     let (ok, stdout, stderr) = txn_cli("abort", &file);
     assert!(ok, "abort failed: {stderr}");
     assert_eq!(stdout, "Aborted");
+    settle(&client, &topic, 1).await;
     assert!(values(&client, &topic, 1, Isolation::ReadCommitted)
         .await
         .is_empty());

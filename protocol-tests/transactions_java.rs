@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use exactly::client::admin::{Admin, Isolation, OffsetSpec};
 
 use crate::common::read_all;
-use crate::common::{brokers, client, create_topic, run_java, unique_topic};
+use crate::common::{brokers, client, create_topic, run_java, settle, unique_topic};
 
 #[tokio::test]
 async fn aborted_java_transactions_are_filtered() {
@@ -18,6 +18,7 @@ async fn aborted_java_transactions_are_filtered() {
         out.contains("committed 80") && out.contains("aborted 40"),
         "{out}"
     );
+    settle(&client, &topic, 2).await;
 
     let mut committed = BTreeSet::new();
     let mut everything = BTreeSet::new();
