@@ -12,6 +12,25 @@
 //! | [`runtime`] | operators, state, checkpoints, sources and sinks |
 //!
 //! The `exactly` binary (in `src/bin/exactly/`) sits on top.
+//!
+//! A transaction prepared in one process and committed in another (two-phase commit):
+//!
+//! ```no_run
+//! use exactly::client::producer::ProducerRecord;
+//! use exactly::client::transaction::{commit_prepared, TransactionConfig, TransactionalProducer};
+//! use exactly::client::{Client, ClientConfig, ClientError};
+//!
+//! # async fn example() -> Result<(), ClientError> {
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:9092")).await?;
+//! let producer = TransactionalProducer::init(client.clone(), TransactionConfig::new("sink-0")).await?;
+//! producer.begin().await?;
+//! producer.send(ProducerRecord::new("orders", "hello")).await?;
+//! let prepared = producer.prepare().await?; // serializable: store it with the checkpoint
+//! // ... later, in this process or a new one:
+//! commit_prepared(&client, &prepared, 30_000).await?;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 

@@ -210,23 +210,11 @@ impl Admin {
         spec: OffsetSpec,
         isolation: Isolation,
     ) -> Result<i64, ClientError> {
-        let mut backoff = Backoff::new(self.client.config().retry);
-        loop {
-            let result = self
-                .list_offset_once(topic, partition, spec, isolation)
-                .await;
-            match result {
-                Err(e) if e.is_retriable() => {
-                    if let ClientError::Broker { code, .. } = &e {
-                        self.client.invalidate(topic, code.code);
-                    }
-                    if !backoff.wait().await {
-                        return Err(e);
-                    }
-                }
-                other => return other,
-            }
-        }
+        self.client
+            .with_retries(topic, || {
+                self.list_offset_once(topic, partition, spec, isolation)
+            })
+            .await
     }
 
     async fn list_offset_once(

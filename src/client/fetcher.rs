@@ -30,7 +30,6 @@ use crate::protocol::record_batch::{
 
 use super::admin::Isolation;
 use super::{Client, ClientError};
-use crate::connection::backoff::Backoff;
 use crate::protocol::error_codes::codes;
 
 /// Fetch settings.
@@ -151,20 +150,9 @@ impl Fetcher {
         partition: i32,
         offset: i64,
     ) -> Result<FetchedPartition, ClientError> {
-        let mut backoff = Backoff::new(self.client.config().retry);
-        loop {
-            match self.fetch_once(topic, partition, offset).await {
-                Err(e) if e.is_retriable() => {
-                    if let ClientError::Broker { code, .. } = &e {
-                        self.client.invalidate(topic, code.code);
-                    }
-                    if !backoff.wait().await {
-                        return Err(e);
-                    }
-                }
-                other => return other,
-            }
-        }
+        self.client
+            .with_retries(topic, || self.fetch_once(topic, partition, offset))
+            .await
     }
 
     async fn fetch_once(

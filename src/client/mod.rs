@@ -442,6 +442,36 @@ impl Client {
         (leader >= 0).then_some(leader)
     }
 
+    /// Runs a partition-level operation, retrying retriable errors with backoff until the retry
+    /// deadline and forgetting `topic`'s leadership when an error code says it is stale.
+    ///
+    /// # Cancel safety
+    /// As cancel safe as `op`.
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        topic: &str,
+        mut op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut backoff = Backoff::new(self.inner.config.retry);
+        loop {
+            match op().await {
+                Err(e) if e.is_retriable() => {
+                    if let ClientError::Broker { code, .. } = &e {
+                        self.invalidate(topic, code.code);
+                    }
+                    if !backoff.wait().await {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Forgets cached leadership for `topic` when an error code says it is stale.
     pub fn invalidate(&self, topic: &str, code: i16) {
         if error_codes::lookup(code).refresh == Refresh::Metadata {

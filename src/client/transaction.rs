@@ -694,18 +694,11 @@ pub async fn commit_prepared(
     prepared: &PreparedTxn,
     deadline_ms: u64,
 ) -> Result<TxnOutcome, ClientError> {
-    let coordinator = Coordinator::new(
-        client.clone(),
-        prepared.transactional_id.clone(),
-        deadline_ms,
-        20,
-    );
-    end_txn(&coordinator, prepared, true, true)
+    finish_prepared(client, prepared, true, deadline_ms)
         .instrument(
             info_span!("txn.commit_prepared", transactional_id = %prepared.transactional_id),
         )
         .await
-        .map(|(o, _)| o)
 }
 
 /// Aborts a prepared transaction from any process, without InitProducerId.
@@ -717,16 +710,27 @@ pub async fn abort_prepared(
     prepared: &PreparedTxn,
     deadline_ms: u64,
 ) -> Result<TxnOutcome, ClientError> {
+    finish_prepared(client, prepared, false, deadline_ms)
+        .instrument(info_span!("txn.abort_prepared", transactional_id = %prepared.transactional_id))
+        .await
+}
+
+async fn finish_prepared(
+    client: &Client,
+    prepared: &PreparedTxn,
+    commit: bool,
+    deadline_ms: u64,
+) -> Result<TxnOutcome, ClientError> {
     let coordinator = Coordinator::new(
         client.clone(),
         prepared.transactional_id.clone(),
         deadline_ms,
         20,
     );
-    end_txn(&coordinator, prepared, false, true)
-        .instrument(info_span!("txn.abort_prepared", transactional_id = %prepared.transactional_id))
+    // Ask first: a second commit of the same prepared transaction must say so.
+    end_txn(&coordinator, prepared, commit, true)
         .await
-        .map(|(o, _)| o)
+        .map(|(outcome, _)| outcome)
 }
 
 /// The state the coordinator holds for a transactional id (DescribeTransactions).
