@@ -495,3 +495,66 @@ async fn cli_transactions_report_what_was_committed() {
         "a read_committed consumer sees exactly what the CLI reported committed"
     );
 }
+
+/// Consumer offsets sent inside a transaction (AddOffsetsToTxn + TxnOffsetCommit, KIP-447) are
+/// committed with it; Kafka's own consumer-group tool reads them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_sent_in_a_transaction_commit_with_it() {
+    use exactly::client::transaction::GroupMetadata;
+    let client = client().await;
+    let input = create_topic(&client, "offsets-in", 1).await;
+    let output = create_topic(&client, "offsets-out", 1).await;
+    let group = unique_topic("group");
+    let producer = TransactionalProducer::init(
+        client.clone(),
+        TransactionConfig::new(unique_topic("offsets")),
+    )
+    .await
+    .unwrap();
+
+    // An aborted transaction's offsets are not committed...
+    producer.begin().await.unwrap();
+    send_values(&producer, &[(output.as_str(), 0)], "x", 1).await;
+    producer
+        .send_offsets(&GroupMetadata::standalone(&group), &[(input.clone(), 0, 7)])
+        .await
+        .unwrap();
+    producer.abort().await.unwrap();
+    // ...a committed one's are.
+    producer.begin().await.unwrap();
+    send_values(&producer, &[(output.as_str(), 0)], "y", 1).await;
+    producer
+        .send_offsets(
+            &GroupMetadata::standalone(&group),
+            &[(input.clone(), 0, 42)],
+        )
+        .await
+        .unwrap();
+    producer.commit().await.unwrap();
+    settle(&client, &output, 1).await;
+
+    let g = group.clone();
+    let described = tokio::task::spawn_blocking(move || {
+        kafka_tool(
+            &[
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                "--bootstrap-server",
+                brokers(),
+                "--describe",
+                "--group",
+                &g,
+            ],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(described).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.contains(&input))
+        .unwrap_or_else(|| panic!("no offsets for {input}: {text}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    // GROUP TOPIC PARTITION CURRENT-OFFSET ...
+    assert_eq!(columns.get(3), Some(&"42"), "committed offset: {text}");
+}

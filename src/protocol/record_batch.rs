@@ -750,14 +750,15 @@ mod tests {
         }
     }
 
-    fn arb_record() -> impl Strategy<
-        Value = (
-            i64,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Vec<(String, Option<Vec<u8>>)>,
-        ),
-    > {
+    /// Timestamp, key, value, headers.
+    type ArbRecord = (
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
+
+    fn arb_record() -> impl Strategy<Value = ArbRecord> {
         (
             0i64..1_000_000,
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
