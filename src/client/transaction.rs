@@ -126,7 +126,9 @@ pub struct PreparedTxn {
     pub producer_id: i64,
     /// The producer epoch the transaction was written with.
     pub producer_epoch: i16,
-    /// The transactions protocol version in use (1 or 2, KIP-890).
+    /// The EndTxn semantics the transaction was written under (KIP-890): 2 when the coordinator
+    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not. Used to recognise a retry of our
+    /// own EndTxn after the epoch moved on.
     pub transaction_version: i16,
 }
 
@@ -172,6 +174,10 @@ pub struct TransactionalProducer {
     producer: Producer,
     coordinator: Coordinator,
     transaction_version: i16,
+    /// The EndTxn semantics in effect, recorded in [`PreparedTxn`]: 2 when EndTxn is sent at v5+,
+    /// whose answer carries a bumped epoch (KIP-890). A broker applies that per request version,
+    /// even where the `transaction.version` feature is still 1.
+    end_txn_version: i16,
     inner: Mutex<Inner>,
 }
 
@@ -208,6 +214,11 @@ impl TransactionalProducer {
             let (node_id, conn) = coordinator.connection().await?;
             check_timeout(&client, node_id, config.transaction_timeout_ms).await?;
             let transaction_version = transaction_version(&conn);
+            let end_txn_version = if conn.version_of::<EndTxnRequest>().unwrap_or(0) >= 5 {
+                2
+            } else {
+                1
+            };
             let request = InitProducerIdRequest::default()
                 .with_transactional_id(Some(TransactionalId(kstr(config.transactional_id.clone()))))
                 .with_transaction_timeout_ms(config.transaction_timeout_ms)
@@ -233,6 +244,7 @@ impl TransactionalProducer {
                 producer,
                 coordinator,
                 transaction_version,
+                end_txn_version,
                 inner: Mutex::new(Inner {
                     state: TxnState::Ready,
                     error: None,
@@ -487,7 +499,7 @@ impl TransactionalProducer {
             transactional_id: self.config.transactional_id.clone(),
             producer_id: inner.producer_id,
             producer_epoch: inner.producer_epoch,
-            transaction_version: self.transaction_version,
+            transaction_version: self.end_txn_version,
         })
     }
 
@@ -498,7 +510,7 @@ impl TransactionalProducer {
             transactional_id: self.config.transactional_id.clone(),
             producer_id: inner.producer_id,
             producer_epoch: inner.producer_epoch,
-            transaction_version: self.transaction_version,
+            transaction_version: self.end_txn_version,
         };
         let result = end_txn(&self.coordinator, &prepared, commit, false).await;
         inner.metrics.retries += u64::from(self.coordinator.take_retries());
@@ -797,9 +809,17 @@ async fn end_txn(
     check_first: bool,
 ) -> Result<(TxnOutcome, Option<(i64, i16)>), ClientError> {
     if check_first {
-        if let Ok(description) = describe(coordinator).await {
+        // A transaction whose markers are still being written (PrepareCommit/PrepareAbort) is
+        // waited for, so that a second commit right after the first is reported as such.
+        let mut backoff = Backoff::new(coordinator.backoff_config());
+        while let Ok(description) = describe(coordinator).await {
             if let Some(outcome) = already_ended(&description, prepared, commit)? {
                 return Ok((outcome, None));
+            }
+            let ending = matches!(description.state.as_str(), "PrepareCommit" | "PrepareAbort")
+                && description.producer_id == prepared.producer_id;
+            if !(ending && backoff.wait().await) {
+                break;
             }
         }
     }
@@ -820,8 +840,11 @@ async fn end_txn(
                 .then_some((response.producer_id.0, response.producer_epoch));
             Ok((done, next))
         }
+        // From another process (check_first), fencing or a moved epoch needs a look at what the
+        // coordinator did; in the producer itself it is simply fencing (mapped by the caller).
         Err(ClientError::Broker { code, .. })
-            if code.class == Class::Fatal || code.code == codes::INVALID_TXN_STATE =>
+            if check_first
+                && (code.class == Class::Fatal || code.code == codes::INVALID_TXN_STATE) =>
         {
             // Fenced, the epoch moved on, or the state does not allow this: ask what happened.
             let description = describe(coordinator).await;
