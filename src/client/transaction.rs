@@ -282,6 +282,7 @@ impl TransactionalProducer {
     }
 
     /// Opens a transaction.
+    #[tracing::instrument(level = "debug", name = "txn.begin", skip_all, fields(transactional_id = %self.config.transactional_id))]
     pub async fn begin(&self) -> Result<(), ClientError> {
         let mut inner = self.inner.lock().await;
         inner.expect("begin", &[TxnState::Ready])?;
@@ -349,6 +350,7 @@ impl TransactionalProducer {
     ///
     /// # Cancel safety
     /// Not cancel safe: the offsets may or may not have been added.
+    #[tracing::instrument(level = "debug", name = "txn.send_offsets", skip_all, fields(transactional_id = %self.config.transactional_id, group = %group.group_id))]
     pub async fn send_offsets(
         &self,
         group: &GroupMetadata,
@@ -867,7 +869,14 @@ async fn end_txn(
             Err(ClientError::broker("EndTxn", code.code))
         }
         Err(e) if commit => {
-            // The deadline passed without a definite answer. Never abort: report it.
+            // The deadline passed without a definite answer. Never abort: re-check with the
+            // coordinator, and if it cannot say either, report the outcome as unknown.
+            warn!(error = %e, "EndTxn(commit) outcome unknown; asking the coordinator");
+            if let Ok(d) = describe(coordinator).await {
+                if let Some(outcome) = already_ended(&d, prepared, true)? {
+                    return Ok((outcome, None));
+                }
+            }
             Err(ClientError::CommitOutcomeUnknown {
                 transactional_id: prepared.transactional_id.clone(),
                 cause: Box::new(e),
