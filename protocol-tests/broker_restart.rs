@@ -17,7 +17,7 @@ use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{TransactionConfig, TransactionalProducer, TxnOutcome};
 use exactly::client::{Client, ClientConfig};
 
-use common::{brokers, create_topic, repo_root, settle, unique_topic};
+use common::{assert_own_broker, brokers, create_topic, repo_root, settle, unique_topic};
 
 fn kafka(action: &str) {
     let status = Command::new("bash")
@@ -47,17 +47,7 @@ async fn send_batch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_transaction() {
     let addr = brokers();
-    let ours = Command::new("bash")
-        .arg(repo_root().join("scripts/kafka"))
-        .arg("status")
-        .status()
-        .unwrap()
-        .success();
-    assert!(
-        ours,
-        "this test kills and restarts the project's own broker (scripts/kafka); it is not running, \
-         so {addr} is some other broker. Unset EXACTLY_TEST_BROKERS to let the tests start their own."
-    );
+    assert_own_broker("kills and restarts the broker");
     let mut config = ClientConfig::new(addr);
     config.retry.deadline_ms = 90_000;
     let client = Client::connect(config).await.unwrap();

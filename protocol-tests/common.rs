@@ -213,32 +213,39 @@ pub async fn read_all(
     }
 }
 
+/// The partition's last stable offset and high watermark.
+pub async fn lso_and_hw(client: &Client, topic: &str, partition: i32) -> (i64, i64) {
+    use exactly::client::admin::OffsetSpec;
+    let admin = Admin::new(client.clone());
+    let lso = admin
+        .list_offset(
+            topic,
+            partition,
+            OffsetSpec::Latest,
+            Isolation::ReadCommitted,
+        )
+        .await
+        .unwrap();
+    let hw = admin
+        .list_offset(
+            topic,
+            partition,
+            OffsetSpec::Latest,
+            Isolation::ReadUncommitted,
+        )
+        .await
+        .unwrap();
+    (lso, hw)
+}
+
 /// Waits (at most 30 s) until every partition's last stable offset has caught up with its high
 /// watermark. EndTxn returns once the coordinator has decided; the markers that move the LSO are
 /// written to the partitions just after, so a reader that wants a finished transaction waits.
 pub async fn settle(client: &Client, topic: &str, partitions: i32) {
-    let admin = Admin::new(client.clone());
     for p in 0..partitions {
         let mut waited_ms = 0;
         loop {
-            let lso = admin
-                .list_offset(
-                    topic,
-                    p,
-                    exactly::client::admin::OffsetSpec::Latest,
-                    Isolation::ReadCommitted,
-                )
-                .await
-                .unwrap();
-            let hw = admin
-                .list_offset(
-                    topic,
-                    p,
-                    exactly::client::admin::OffsetSpec::Latest,
-                    Isolation::ReadUncommitted,
-                )
-                .await
-                .unwrap();
+            let (lso, hw) = lso_and_hw(client, topic, p).await;
             if lso >= hw {
                 break;
             }
@@ -250,4 +257,23 @@ pub async fn settle(client: &Client, topic: &str, partitions: i32) {
             waited_ms += 20;
         }
     }
+}
+
+#[allow(dead_code)] // used by the broker_restart and txn_version_1 binaries
+/// Panics unless the project's own broker (scripts/kafka) is the one under test: for tests that
+/// kill it or change its features.
+pub fn assert_own_broker(what: &str) {
+    let addr = brokers();
+    let ours = Command::new("bash")
+        .arg(repo_root().join("scripts/kafka"))
+        .arg("status")
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        ours,
+        "this test {what}, so it only runs against the project's own broker (scripts/kafka), and \
+         that is not running: {addr} is some other broker. Unset EXACTLY_TEST_BROKERS to let the \
+         tests start their own."
+    );
 }

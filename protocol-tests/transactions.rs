@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use exactly::client::admin::{Admin, Isolation, OffsetSpec};
+use exactly::client::admin::Isolation;
 use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{
     describe_transaction, TransactionConfig, TransactionalProducer, TxnOutcome,
@@ -13,7 +13,9 @@ use exactly::client::transaction::{
 use exactly::client::{Client, ClientError};
 
 use crate::common::read_all;
-use crate::common::{brokers, client, create_topic, exactly_bin, kafka_tool, settle, unique_topic};
+use crate::common::{
+    brokers, client, create_topic, exactly_bin, kafka_tool, lso_and_hw, settle, unique_topic,
+};
 
 async fn values(
     client: &Client,
@@ -29,29 +31,6 @@ async fn values(
     }
     out.sort();
     out
-}
-
-async fn lso_and_hw(client: &Client, topic: &str, partition: i32) -> (i64, i64) {
-    let admin = Admin::new(client.clone());
-    let lso = admin
-        .list_offset(
-            topic,
-            partition,
-            OffsetSpec::Latest,
-            Isolation::ReadCommitted,
-        )
-        .await
-        .unwrap();
-    let hw = admin
-        .list_offset(
-            topic,
-            partition,
-            OffsetSpec::Latest,
-            Isolation::ReadUncommitted,
-        )
-        .await
-        .unwrap();
-    (lso, hw)
 }
 
 async fn send_values(

@@ -7,8 +7,6 @@
 #[allow(dead_code)]
 mod common;
 
-use std::process::Command;
-
 use exactly::client::admin::Isolation;
 use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{
@@ -17,7 +15,7 @@ use exactly::client::transaction::{
 use exactly::client::ClientError;
 
 use common::{
-    brokers, client, create_topic, kafka_tool, read_all, repo_root, settle, unique_topic,
+    assert_own_broker, brokers, client, create_topic, kafka_tool, read_all, settle, unique_topic,
 };
 
 fn set_transaction_version(level: u8) {
@@ -47,13 +45,7 @@ impl Drop for Restore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_version_1() {
     brokers();
-    let ours = Command::new("bash")
-        .arg(repo_root().join("scripts/kafka"))
-        .arg("status")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ours, "this test changes the broker's transaction.version feature, so it only runs against the project's own broker (scripts/kafka); unset EXACTLY_TEST_BROKERS");
+    assert_own_broker("changes the broker's transaction.version feature");
     tokio::task::spawn_blocking(|| set_transaction_version(1))
         .await
         .unwrap();

@@ -89,6 +89,22 @@ pub struct ConfigEntry {
     pub value: Option<String>,
 }
 
+/// A broker error about a whole topic (or resource), with the broker's message.
+fn broker_error(
+    api: &'static str,
+    code: i16,
+    topic: Option<String>,
+    message: Option<&str>,
+) -> ClientError {
+    ClientError::Broker {
+        api,
+        code: crate::protocol::error_codes::lookup(code),
+        topic,
+        partition: None,
+        message: message.map(str::to_owned),
+    }
+}
+
 /// Admin operations on a [`Client`].
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -140,13 +156,12 @@ impl Admin {
         let response = self.client.request_any(&request).await?;
         for result in &response.topics {
             if result.error_code != 0 {
-                return Err(ClientError::Broker {
-                    api: "CreateTopics",
-                    code: crate::protocol::error_codes::lookup(result.error_code),
-                    topic: Some(name.to_owned()),
-                    partition: None,
-                    message: result.error_message.as_ref().map(|m| m.to_string()),
-                });
+                return Err(broker_error(
+                    "CreateTopics",
+                    result.error_code,
+                    Some(name.to_owned()),
+                    result.error_message.as_deref(),
+                ));
             }
         }
         self.wait_for_leaders(name, partitions).await
@@ -183,13 +198,12 @@ impl Admin {
         let response = self.client.request_any(&request).await?;
         for result in &response.responses {
             if result.error_code != 0 {
-                return Err(ClientError::Broker {
-                    api: "DeleteTopics",
-                    code: crate::protocol::error_codes::lookup(result.error_code),
-                    topic: result.name.as_ref().map(|n| n.0.to_string()),
-                    partition: None,
-                    message: result.error_message.as_ref().map(|m| m.to_string()),
-                });
+                return Err(broker_error(
+                    "DeleteTopics",
+                    result.error_code,
+                    result.name.as_ref().map(|n| n.0.to_string()),
+                    result.error_message.as_deref(),
+                ));
             }
         }
         for name in names {
@@ -284,13 +298,12 @@ impl Admin {
         let mut entries = Vec::new();
         for result in &response.results {
             if result.error_code != 0 {
-                return Err(ClientError::Broker {
-                    api: "DescribeConfigs",
-                    code: crate::protocol::error_codes::lookup(result.error_code),
-                    topic: Some(name.to_owned()),
-                    partition: None,
-                    message: result.error_message.as_ref().map(|m| m.to_string()),
-                });
+                return Err(broker_error(
+                    "DescribeConfigs",
+                    result.error_code,
+                    Some(name.to_owned()),
+                    result.error_message.as_deref(),
+                ));
             }
             entries.extend(result.configs.iter().map(|c| ConfigEntry {
                 name: c.name.to_string(),
