@@ -537,3 +537,27 @@ async fn offsets_sent_in_a_transaction_commit_with_it() {
     // GROUP TOPIC PARTITION CURRENT-OFFSET ...
     assert_eq!(columns.get(3), Some(&"42"), "committed offset: {text}");
 }
+
+/// A transaction with nothing in it (a checkpoint with no data) commits and aborts cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_transactions_commit_and_abort() {
+    let client = client().await;
+    let producer = TransactionalProducer::init(
+        client.clone(),
+        TransactionConfig::new(unique_topic("empty")),
+    )
+    .await
+    .unwrap();
+    producer.begin().await.unwrap();
+    assert_eq!(producer.commit().await.unwrap(), TxnOutcome::Committed);
+    producer.begin().await.unwrap();
+    assert_eq!(producer.abort().await.unwrap(), TxnOutcome::Aborted);
+    producer.begin().await.unwrap();
+    let prepared = producer.prepare().await.unwrap();
+    assert_eq!(
+        exactly::client::transaction::commit_prepared(&client, &prepared, 30_000)
+            .await
+            .unwrap(),
+        TxnOutcome::Committed
+    );
+}

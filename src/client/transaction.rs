@@ -130,6 +130,10 @@ pub struct PreparedTxn {
     /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not. Used to recognise a retry of our
     /// own EndTxn after the epoch moved on.
     pub transaction_version: i16,
+    /// Nothing was written in it (no records, no offsets): the coordinator never saw it, so
+    /// committing or aborting it is a no-op.
+    #[serde(default)]
+    pub empty: bool,
 }
 
 /// What ending a transaction did.
@@ -164,6 +168,8 @@ struct Inner {
     producer_id: i64,
     producer_epoch: i16,
     partitions: HashSet<(String, i32)>,
+    /// Offsets were added (AddOffsetsToTxn) in the current transaction.
+    offsets_added: bool,
     metrics: TxnMetrics,
 }
 
@@ -251,6 +257,7 @@ impl TransactionalProducer {
                     producer_id: pid,
                     producer_epoch: epoch,
                     partitions: HashSet::new(),
+                    offsets_added: false,
                     metrics: TxnMetrics::default(),
                 }),
                 config,
@@ -288,6 +295,7 @@ impl TransactionalProducer {
         inner.expect("begin", &[TxnState::Ready])?;
         inner.state = TxnState::InTransaction;
         inner.partitions.clear();
+        inner.offsets_added = false;
         debug!(transactional_id = %self.config.transactional_id, "transaction begun");
         Ok(())
     }
@@ -372,6 +380,7 @@ impl TransactionalProducer {
             let e = self.classify(e, &inner);
             return Err(inner.fail(e));
         }
+        inner.offsets_added = true;
         let mut topics: Vec<TxnOffsetCommitRequestTopic> = Vec::new();
         for (topic, partition, offset) in offsets {
             let p = TxnOffsetCommitRequestPartition::default()
@@ -502,6 +511,7 @@ impl TransactionalProducer {
             producer_id: inner.producer_id,
             producer_epoch: inner.producer_epoch,
             transaction_version: self.end_txn_version,
+            empty: inner.partitions.is_empty() && !inner.offsets_added,
         })
     }
 
@@ -513,8 +523,22 @@ impl TransactionalProducer {
             producer_id: inner.producer_id,
             producer_epoch: inner.producer_epoch,
             transaction_version: self.end_txn_version,
+            empty: inner.partitions.is_empty() && !inner.offsets_added,
         };
-        let result = end_txn(&self.coordinator, &prepared, commit, false).await;
+        // An empty transaction never reached the coordinator (which would answer
+        // INVALID_TXN_STATE): there is nothing to end. A checkpoint without data is common.
+        let result = if prepared.empty {
+            Ok((
+                if commit {
+                    TxnOutcome::Committed
+                } else {
+                    TxnOutcome::Aborted
+                },
+                None,
+            ))
+        } else {
+            end_txn(&self.coordinator, &prepared, commit, false).await
+        };
         inner.metrics.retries += u64::from(self.coordinator.take_retries());
         match result {
             Ok((outcome, next)) => {
@@ -540,6 +564,7 @@ impl TransactionalProducer {
                 inner.state = TxnState::Ready;
                 inner.error = None;
                 inner.partitions.clear();
+                inner.offsets_added = false;
                 debug!(?outcome, "transaction ended");
                 Ok(outcome)
             }
@@ -741,6 +766,13 @@ async fn finish_prepared(
         deadline_ms,
         20,
     );
+    if prepared.empty {
+        return Ok(if commit {
+            TxnOutcome::Committed
+        } else {
+            TxnOutcome::Aborted
+        });
+    }
     // Ask first: a second commit of the same prepared transaction must say so.
     end_txn(&coordinator, prepared, commit, true)
         .await
@@ -1166,6 +1198,7 @@ mod tests {
             producer_id: 7,
             producer_epoch: 3,
             transaction_version: version,
+            empty: false,
         }
     }
 
