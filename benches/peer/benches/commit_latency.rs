@@ -113,6 +113,23 @@ fn commit_latency(c: &mut Criterion) {
     }
     group.finish();
 
+    // Client-side overhead: commit() of an already flushed transaction versus the EndTxn
+    // request/response inside it (measured around the coordinator call).
+    let (commit_only, end_only) = rt.block_on(async {
+        let mut commit_only = Vec::new();
+        for i in 0..300 {
+            ours.begin().await.unwrap();
+            let r = ProducerRecord { topic: topic.clone(), partition: Some(i % 10), value: Some(value.clone()), ..ProducerRecord::default() };
+            ours.send(r).await.unwrap();
+            ours.flush().await.unwrap();
+            let start = Instant::now();
+            ours.commit().await.unwrap();
+            commit_only.push(start.elapsed());
+        }
+        let m = ours.metrics().await;
+        let end_only: Vec<Duration> = m.commit_latency_us.iter().rev().take(300).map(|us| Duration::from_micros(*us)).collect();
+        (commit_only, end_only)
+    });
     let end_txn = rt.block_on(ours.metrics()).commit_latency_us;
     let mut samples = SAMPLES.lock().unwrap();
     println!("\ncommit latency (all iterations, warm-up included)");
@@ -132,6 +149,14 @@ fn commit_latency(c: &mut Criterion) {
         );
     }
     let mut end: Vec<Duration> = end_txn.iter().map(|us| Duration::from_micros(*us)).collect();
+    let (mut c, mut e) = (commit_only, end_only);
+    let (c50, e50) = (percentile(&mut c, 0.5), percentile(&mut e, 0.5));
+    println!(
+        "exactly commit() of a flushed transaction: p50 {:.3} ms; its EndTxn call: p50 {:.3} ms; client-side overhead {:.1}% of the EndTxn round trip",
+        c50.as_secs_f64() * 1e3,
+        e50.as_secs_f64() * 1e3,
+        (c50.as_secs_f64() - e50.as_secs_f64()) / e50.as_secs_f64() * 100.0
+    );
     if !end.is_empty() {
         println!("exactly EndTxn round trip (last {}): p50 {:.2} ms, p99 {:.2} ms", end.len(), percentile(&mut end, 0.5).as_secs_f64() * 1e3, percentile(&mut end, 0.99).as_secs_f64() * 1e3);
     }
