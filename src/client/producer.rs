@@ -717,33 +717,9 @@ async fn send_to_leader(inner: &Arc<Inner>, leader: i32, batches: Vec<Batch>) {
             return;
         }
     };
-    // A produce request carries at most one batch per partition (the broker rejects more from
-    // an idempotent producer), so the k-th batch of every partition goes into the k-th request;
-    // enqueuing the requests in order keeps each partition's batches in sequence order. A
-    // request is also cut at `request_bytes_max`.
-    let mut request_batches: Vec<(Vec<Batch>, usize)> = Vec::new();
-    let mut per_partition: HashMap<TopicPartition, usize> = HashMap::new();
-    for batch in batches {
-        let round = per_partition.entry(batch.tp.clone()).or_insert(0);
-        let mut index = *round;
-        while index < request_batches.len() {
-            let (members, size) = &request_batches[index];
-            let fits =
-                members.is_empty() || size + batch.data.len() <= inner.config.request_bytes_max;
-            if fits && !members.iter().any(|b| b.tp == batch.tp) {
-                break;
-            }
-            index += 1;
-        }
-        if index == request_batches.len() {
-            request_batches.push((Vec::new(), 0));
-        }
-        *round = index + 1;
-        let (members, size) = &mut request_batches[index];
-        *size += batch.data.len();
-        members.push(batch);
-    }
-    let request_batches = request_batches.into_iter().map(|(b, _)| b);
+    let request_batches = group_into_requests(batches, inner.config.request_bytes_max, |b| {
+        (&b.tp, b.data.len())
+    });
     for batches in request_batches {
         let request = produce_request(inner, &batches);
         match conn.enqueue(&request).await {
@@ -757,6 +733,40 @@ async fn send_to_leader(inner: &Arc<Inner>, leader: i32, batches: Vec<Batch>) {
             Err(e) => handle_response(inner, batches, Err(e.into())),
         }
     }
+}
+
+/// Splits batches into produce requests. A request carries at most one batch per partition (the
+/// broker rejects more from an idempotent producer), so the k-th batch of every partition goes
+/// into the k-th request or later; sending the requests in order then keeps each partition's
+/// batches in sequence order. A request is also cut at `request_bytes_max` (a single batch larger
+/// than that still gets a request of its own).
+fn group_into_requests<B, K: Eq + std::hash::Hash + Clone>(
+    batches: Vec<B>,
+    request_bytes_max: usize,
+    key_and_size: impl Fn(&B) -> (&K, usize),
+) -> Vec<Vec<B>> {
+    let mut requests: Vec<(Vec<B>, usize)> = Vec::new();
+    let mut next_round: HashMap<K, usize> = HashMap::new();
+    for batch in batches {
+        let (key, size) = key_and_size(&batch);
+        let key = key.clone();
+        let mut index = next_round.get(&key).copied().unwrap_or(0);
+        while let Some((members, bytes)) = requests.get(index) {
+            let fits = members.is_empty() || bytes + size <= request_bytes_max;
+            if fits && !members.iter().any(|b| key_and_size(b).0 == &key) {
+                break;
+            }
+            index += 1;
+        }
+        if index == requests.len() {
+            requests.push((Vec::new(), 0));
+        }
+        next_round.insert(key, index + 1);
+        let (members, bytes) = &mut requests[index];
+        *bytes += size;
+        members.push(batch);
+    }
+    requests.into_iter().map(|(b, _)| b).collect()
 }
 
 fn produce_request(inner: &Inner, batches: &[Batch]) -> ProduceRequest {
@@ -930,4 +940,56 @@ fn requeue(inner: &Inner, state: &mut State, mut batch: Batch, error: &ClientErr
 fn seq_before(a: i32, b: i32) -> bool {
     let diff = b.wrapping_sub(a) & i32::MAX;
     diff != 0 && diff < (1 << 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(batches: &[(&'static str, usize)], max: usize) -> Vec<Vec<(&'static str, usize)>> {
+        group_into_requests(batches.to_vec(), max, |b| (&b.0, b.1))
+    }
+
+    #[test]
+    fn one_batch_per_partition_per_request_in_order() {
+        let got = group(
+            &[("p0", 10), ("p1", 10), ("p0", 10), ("p0", 10), ("p1", 10)],
+            1000,
+        );
+        assert_eq!(
+            got,
+            vec![
+                vec![("p0", 10), ("p1", 10)],
+                vec![("p0", 10), ("p1", 10)],
+                vec![("p0", 10)]
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_are_cut_at_the_size_limit_without_reordering_a_partition() {
+        let got = group(&[("p0", 60), ("p1", 60), ("p2", 30), ("p1", 10)], 100);
+        // p1's first batch does not fit request 0, so its second batch must go after it.
+        assert_eq!(
+            got,
+            vec![
+                vec![("p0", 60), ("p2", 30)],
+                vec![("p1", 60)],
+                vec![("p1", 10)]
+            ]
+        );
+        // A batch over the limit still gets a request of its own.
+        assert_eq!(group(&[("p0", 500)], 100), vec![vec![("p0", 500)]]);
+    }
+
+    #[test]
+    fn sequences_compare_across_the_wrap() {
+        assert!(seq_before(5, 6));
+        assert!(!seq_before(6, 5));
+        assert!(
+            seq_before(i32::MAX - 1, 3),
+            "3 follows i32::MAX - 1 after the wrap"
+        );
+        assert!(!seq_before(7, 7));
+    }
 }
