@@ -417,7 +417,6 @@ impl Producer {
         });
         if full {
             close_open_batch(
-                &inner.config,
                 inner.transactional_id.is_some(),
                 &tp,
                 pq,
@@ -554,7 +553,6 @@ fn now_ms() -> i64 {
 
 /// Closes the partition's open batch: assigns its sequence and encodes it.
 fn close_open_batch(
-    config: &ProducerConfig,
     transactional: bool,
     tp: &TopicPartition,
     pq: &mut PartitionQueue,
@@ -574,7 +572,6 @@ fn close_open_batch(
     })?;
     // Sequences wrap at i32::MAX, as in the Java client.
     pq.next_sequence = pq.next_sequence.wrapping_add(count) & i32::MAX;
-    let _ = config;
     pq.queue.push_back(Batch {
         tp: tp.clone(),
         data,
@@ -616,7 +613,7 @@ fn drain(inner: &Inner, state: &mut State, now: Instant) -> Drained {
             let linger_end = open.created + Duration::from_millis(config.linger_ms);
             if flush || linger_end <= now {
                 if let Err(e) =
-                    close_open_batch(config, inner.transactional_id.is_some(), tp, pq, pid, epoch)
+                    close_open_batch(inner.transactional_id.is_some(), tp, pq, pid, epoch)
                 {
                     expired = Some(e);
                 }
