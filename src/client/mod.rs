@@ -11,6 +11,7 @@ mod error;
 pub mod fetcher;
 pub mod partitioner;
 pub mod producer;
+pub mod retry;
 pub mod transaction;
 
 use std::collections::HashMap;

@@ -33,6 +33,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, trace, warn};
 
 pub use error::ConnectionError;
@@ -80,6 +81,8 @@ struct State {
     pending: HashMap<i32, Reply>,
     /// Set once; the reason every later request fails.
     poisoned: Option<ConnectionError>,
+    /// The broker throttled us (KIP-219): send nothing new before this instant.
+    throttled_until: Option<Instant>,
 }
 
 impl Shared {
@@ -96,6 +99,31 @@ impl Shared {
         };
         for (_, reply) in pending {
             let _ = reply.send(Err(cause.clone()));
+        }
+    }
+
+    /// Records a response's `throttle_time_ms`: later requests wait until it has passed.
+    fn throttle(&self, throttle_time_ms: i32) {
+        if throttle_time_ms <= 0 {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(throttle_time_ms as u64);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.throttled_until.is_none_or(|t| t < until) {
+            debug!(addr = %self.addr, throttle_time_ms, "broker throttles this connection");
+            state.throttled_until = Some(until);
+        }
+    }
+
+    /// The instant before which nothing may be sent, if the broker throttled us.
+    fn throttled_until(&self) -> Option<Instant> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.throttled_until {
+            Some(t) if t > Instant::now() => Some(t),
+            _ => {
+                state.throttled_until = None;
+                None
+            }
         }
     }
 
@@ -172,6 +200,7 @@ impl Connection {
             state: Mutex::new(State {
                 pending: HashMap::new(),
                 poisoned: None,
+                throttled_until: None,
             }),
         });
         let (frames_tx, frames_rx) = mpsc::channel(config.in_flight_max.max(1));
@@ -352,6 +381,12 @@ impl Connection {
     where
         R::Response: Send + 'static,
     {
+        // KIP-219: a throttled client must not send to the broker until the throttle time has
+        // passed (the broker answered at once and mutes the channel otherwise). Waiting here,
+        // before anything is queued, keeps cancellation clean.
+        if let Some(until) = self.shared.throttled_until() {
+            tokio::time::sleep_until(until).await;
+        }
         let permit = Arc::clone(&self.in_flight)
             .acquire_owned()
             .await
@@ -460,8 +495,10 @@ where
                     })
                 }
             };
+            let response = decode_response::<R>(frame, version)?;
+            guard.shared.throttle(R::throttle_time_ms(&response));
             drop(guard);
-            Ok(decode_response::<R>(frame, version)?)
+            Ok(response)
         })
     }
 }

@@ -185,3 +185,47 @@ async fn no_common_version_is_a_clear_error() {
     assert_eq!(err.to_string(), format!("{addr}: no common version of Fetch: we implement 4..=12, the broker does not support it"));
     server.abort();
 }
+
+#[tokio::test]
+async fn a_throttled_connection_holds_the_next_request_back() {
+    const THROTTLE_MS: i32 = 300;
+    let (listener, addr) = fake_broker().await;
+    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let mut socket = accept_and_negotiate(&listener).await;
+        let (_, v1, c1) = read_request(&mut socket).await;
+        write_response(
+            &mut socket,
+            c1,
+            1,
+            &MetadataResponse::default().with_throttle_time_ms(THROTTLE_MS),
+            v1,
+        )
+        .await;
+        let answered = std::time::Instant::now();
+        let (_, v2, c2) = read_request(&mut socket).await;
+        let _ = arrived_tx.send(answered.elapsed());
+        write_response(&mut socket, c2, 1, &MetadataResponse::default(), v2).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let conn = Connection::connect(
+        &addr,
+        ConnectionConfig {
+            request_timeout_ms: 5_000,
+            ..config()
+        },
+    )
+    .await
+    .expect("connect");
+    let request = MetadataRequest::default();
+    let first = conn.request(&request).await.expect("first answered");
+    assert_eq!(first.throttle_time_ms, THROTTLE_MS);
+    conn.request(&request).await.expect("second answered");
+    // KIP-219: nothing is sent to a broker that throttled us until its throttle time is over.
+    let gap = arrived_rx.await.unwrap();
+    assert!(
+        gap >= Duration::from_millis(THROTTLE_MS as u64),
+        "second request sent {gap:?} after a {THROTTLE_MS} ms throttle"
+    );
+    server.abort();
+}

@@ -44,6 +44,10 @@ where
     const NAME: &'static str;
     /// The versions this client implements (a subset of the schema's).
     const OURS: Versions;
+
+    /// How long the broker asked the client to hold off (`throttle_time_ms`, KIP-219); 0 when
+    /// it did not throttle. Every response we decode carries the field.
+    fn throttle_time_ms(response: &Self::Response) -> i32;
 }
 
 macro_rules! ours {
@@ -51,6 +55,9 @@ macro_rules! ours {
         $(impl KafkaRequest for messages::$ty {
             const NAME: &'static str = $name;
             const OURS: Versions = Versions { min: $min, max: $max };
+            fn throttle_time_ms(response: &Self::Response) -> i32 {
+                response.throttle_time_ms
+            }
         })*
     };
 }
