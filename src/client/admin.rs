@@ -4,7 +4,9 @@
 //! the controller (KIP-590). ListOffsets must go to the partition leader
 //! (<https://kafka.apache.org/protocol.html#The_Messages_ListOffsets>).
 
-use crate::connection::backoff::Backoff;
+use std::ops::ControlFlow;
+
+use super::retry::{retry, Deadline, RetryAfter};
 use crate::protocol::error_codes::codes;
 use crate::protocol::messages::kstr;
 use crate::protocol::messages::messages::create_topics_request::CreatableTopic;
@@ -168,23 +170,26 @@ impl Admin {
     }
 
     async fn wait_for_leaders(&self, name: &str, partitions: i32) -> Result<(), ClientError> {
-        let mut backoff = Backoff::new(self.client.config().retry);
-        loop {
-            self.client.refresh_metadata(&[name.to_owned()]).await?;
-            if let Ok(info) = self.client.topic(name).await {
-                if info.partitions.len() as i32 == partitions
-                    && info.partitions.iter().all(|p| p.leader >= 0)
-                {
-                    return Ok(());
-                }
+        let policy = self.client.config().retry;
+        retry(&policy, Deadline::after_ms(policy.deadline_ms), |_| async {
+            if let Err(e) = self.client.refresh_metadata(&[name.to_owned()]).await {
+                return ControlFlow::Break(Err(e));
             }
-            if !backoff.wait().await {
-                return Err(
+            match self.client.topic(name).await {
+                Ok(info)
+                    if info.partitions.len() as i32 == partitions
+                        && info.partitions.iter().all(|p| p.leader >= 0) =>
+                {
+                    ControlFlow::Break(Ok(()))
+                }
+                _ => ControlFlow::Continue(RetryAfter::error(
                     ClientError::broker("CreateTopics", codes::NOT_LEADER_OR_FOLLOWER)
                         .at(name, None),
-                );
+                )),
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|exhausted| Err(exhausted.last))
     }
 
     /// Deletes topics.

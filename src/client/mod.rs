@@ -15,6 +15,7 @@ pub mod retry;
 pub mod transaction;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{debug, instrument};
@@ -27,6 +28,7 @@ use crate::protocol::error_codes::{self, Refresh};
 use crate::protocol::messages::messages::metadata_request::MetadataRequestTopic;
 use crate::protocol::messages::messages::{MetadataRequest, TopicName};
 use crate::protocol::messages::{kstr, KafkaRequest};
+use retry::{retry, Deadline, RetryAfter};
 
 /// Cluster client settings.
 #[derive(Debug, Clone)]
@@ -273,16 +275,18 @@ impl Client {
     where
         R::Response: Send + 'static,
     {
-        let mut backoff = Backoff::new(self.inner.config.retry);
-        loop {
+        let deadline = Deadline::after_ms(self.inner.config.retry.deadline_ms);
+        retry(&self.inner.config.retry, deadline, |_| async {
             let result =
                 async { Ok::<_, ClientError>(self.any_broker().await?.request(request).await?) }
                     .await;
             match result {
-                Err(e) if e.is_retriable() && backoff.wait().await => continue,
-                other => return other,
+                Err(e) if e.is_retriable() => ControlFlow::Continue(RetryAfter::error(e)),
+                other => ControlFlow::Break(other),
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|exhausted| Err(exhausted.last))
     }
 
     /// Reloads metadata for `topics` (all topics when empty) and the broker list.
@@ -396,35 +400,37 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn leader(&self, topic: &str, partition: i32) -> Result<i32, ClientError> {
-        let mut backoff = Backoff::new(self.inner.config.retry);
-        loop {
-            let info = self.topic(topic).await?;
+        let deadline = Deadline::after_ms(self.inner.config.retry.deadline_ms);
+        retry(&self.inner.config.retry, deadline, |attempt| async move {
+            if attempt > 0 {
+                if let Err(e) = self.refresh_metadata(&[topic.to_owned()]).await {
+                    return ControlFlow::Break(Err(e));
+                }
+            }
+            let info = match self.topic(topic).await {
+                Ok(info) => info,
+                Err(e) => return ControlFlow::Break(Err(e)),
+            };
             let count = info.partitions.len() as i32;
             match info
                 .partitions
                 .get(partition as usize)
                 .filter(|_| partition >= 0)
             {
-                None => {
-                    return Err(ClientError::UnknownPartition {
-                        topic: topic.to_owned(),
-                        partition,
-                        partitions: count,
-                    })
-                }
-                Some(p) if p.leader >= 0 => return Ok(p.leader),
-                Some(_) => {
-                    if !backoff.wait().await {
-                        return Err(ClientError::broker(
-                            "Metadata",
-                            error_codes::codes::NOT_LEADER_OR_FOLLOWER,
-                        )
-                        .at(topic, Some(partition)));
-                    }
-                    self.refresh_metadata(&[topic.to_owned()]).await?;
-                }
+                None => ControlFlow::Break(Err(ClientError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                    partitions: count,
+                })),
+                Some(p) if p.leader >= 0 => ControlFlow::Break(Ok(p.leader)),
+                Some(_) => ControlFlow::Continue(RetryAfter::error(
+                    ClientError::broker("Metadata", error_codes::codes::NOT_LEADER_OR_FOLLOWER)
+                        .at(topic, Some(partition)),
+                )),
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|exhausted| Err(exhausted.last))
     }
 
     /// The cached leader of `topic`/`partition`, without any I/O.
@@ -457,20 +463,23 @@ impl Client {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let mut backoff = Backoff::new(self.inner.config.retry);
-        loop {
-            match op().await {
-                Err(e) if e.is_retriable() => {
-                    if let ClientError::Broker { code, .. } = &e {
-                        self.invalidate(topic, code.code);
+        let deadline = Deadline::after_ms(self.inner.config.retry.deadline_ms);
+        retry(&self.inner.config.retry, deadline, |_| {
+            let attempt = op();
+            async move {
+                match attempt.await {
+                    Err(e) if e.is_retriable() => {
+                        if let ClientError::Broker { code, .. } = &e {
+                            self.invalidate(topic, code.code);
+                        }
+                        ControlFlow::Continue(RetryAfter::error(e))
                     }
-                    if !backoff.wait().await {
-                        return Err(e);
-                    }
+                    other => ControlFlow::Break(other),
                 }
-                other => return other,
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|exhausted| Err(exhausted.last))
     }
 
     /// Forgets cached leadership for `topic` when an error code says it is stale.
