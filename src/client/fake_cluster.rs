@@ -1,0 +1,797 @@
+//! A scripted fake Kafka cluster for client tests (compiled for tests only).
+//!
+//! Why: the real broker is the judge of the common paths, but it cannot be made to answer
+//! NOT_COORDINATOR, CONCURRENT_TRANSACTIONS, an unknown error code, or to lose an EndTxn answer
+//! on demand. franz-go's `kfake` solves this with a small in-process cluster whose every API has a
+//! default handler and a `ControlKey` hook to intercept a chosen request; this is the same idea,
+//! kept to the APIs the client speaks.
+//!
+//! - Each node is a loopback listener; all share one [`State`] (topics, partition logs,
+//!   transactional ids). Metadata lists every node; partition leaders are chosen per topic.
+//! - [`FakeCluster::control`] installs a hook for one API key: it sees each decoded request (in
+//!   arrival order) and either passes (`None`: the default handler answers) or decides the
+//!   [`Action`]: a scripted response, a delay, no response at all, or a cut connection. A hook
+//!   stays installed until it handles a request, unless it was installed with `keep`.
+//! - [`FakeCluster::requests`] is the journal of every request seen, for assertions such as
+//!   "no EndTxn(abort) was ever sent".
+//!
+//! The default handlers are deliberately simple: produce appends batches as they come (no
+//! sequence checks), every transaction succeeds, and nothing is replicated. Tests that need
+//! more script it with a hook.
+
+// A test utility: not every hook or accessor is used by every test build.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::{ApiVersion, FinalizedFeatureKey};
+use kafka_protocol::messages::describe_transactions_response::{
+    TopicData, TransactionState as DescribedTxn,
+};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::protocol::messages::KafkaRequest;
+
+macro_rules! kinds {
+    ($($name:ident($req:ident, $resp:ident),)*) => {
+        /// The requests the fake cluster decodes.
+        #[derive(Debug, Clone)]
+        #[allow(missing_docs, dead_code)]
+        pub(crate) enum RequestKind { $($name($req),)* }
+
+        /// The responses it can send.
+        #[derive(Debug, Clone)]
+        #[allow(missing_docs, dead_code)]
+        pub(crate) enum ResponseKind { $($name($resp),)* }
+
+        fn decode_body(key: ApiKey, bytes: &mut Bytes, version: i16) -> Option<RequestKind> {
+            match key {
+                $(ApiKey::$name => $req::decode(bytes, version).ok().map(RequestKind::$name),)*
+                _ => None,
+            }
+        }
+
+        impl ResponseKind {
+            fn encode(&self, buf: &mut BytesMut, version: i16) {
+                match self {
+                    $(Self::$name(r) => r.encode(buf, version).expect("encode response"),)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    ApiVersions(ApiVersionsRequest, ApiVersionsResponse),
+    Metadata(MetadataRequest, MetadataResponse),
+    Produce(ProduceRequest, ProduceResponse),
+    Fetch(FetchRequest, FetchResponse),
+    ListOffsets(ListOffsetsRequest, ListOffsetsResponse),
+    FindCoordinator(FindCoordinatorRequest, FindCoordinatorResponse),
+    InitProducerId(InitProducerIdRequest, InitProducerIdResponse),
+    AddPartitionsToTxn(AddPartitionsToTxnRequest, AddPartitionsToTxnResponse),
+    AddOffsetsToTxn(AddOffsetsToTxnRequest, AddOffsetsToTxnResponse),
+    TxnOffsetCommit(TxnOffsetCommitRequest, TxnOffsetCommitResponse),
+    EndTxn(EndTxnRequest, EndTxnResponse),
+    DescribeTransactions(DescribeTransactionsRequest, DescribeTransactionsResponse),
+    ListTransactions(ListTransactionsRequest, ListTransactionsResponse),
+    DescribeConfigs(DescribeConfigsRequest, DescribeConfigsResponse),
+}
+
+/// How a node behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeMode {
+    /// Answers requests.
+    Serve,
+    /// Accepts connections and reads requests but never answers (a hung broker).
+    Silent,
+}
+
+/// One decoded request, as hooks and the journal see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    /// The node it was sent to.
+    pub(crate) node: i32,
+    /// Its API.
+    pub(crate) key: ApiKey,
+    /// Its version.
+    pub(crate) version: i16,
+    /// The decoded body.
+    pub(crate) body: RequestKind,
+}
+
+/// What a hook decides for a request.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Answer with this response instead of the default handler's.
+    Respond(ResponseKind),
+    /// Let the default handler answer, after this many milliseconds.
+    DelayMs(u64),
+    /// Apply the default handler (the state changes) but never answer.
+    DropResponse,
+    /// Apply the default handler, then close the connection without answering.
+    CutAfterApply,
+    /// Close the connection without applying or answering.
+    Cut,
+}
+
+type Hook = Box<dyn FnMut(&Seen, &mut State) -> Option<Action> + Send>;
+
+struct Control {
+    key: ApiKey,
+    keep: bool,
+    hook: Hook,
+}
+
+/// One transactional id's coordinator state.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Txn {
+    pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+    /// Kafka's state names: Empty, Ongoing, PrepareCommit, CompleteCommit, CompleteAbort, ...
+    pub(crate) state: String,
+    pub(crate) partitions: Vec<(String, i32)>,
+}
+
+/// The cluster's shared state; hooks may read and change it.
+#[derive(Default)]
+pub(crate) struct State {
+    /// topic → per partition (leader node, batches appended).
+    pub(crate) topics: HashMap<String, Vec<(i32, Vec<Bytes>)>>,
+    /// transactional id → coordinator state.
+    pub(crate) txns: HashMap<String, Txn>,
+    /// The finalized `transaction.version` advertised in ApiVersions.
+    pub(crate) transaction_version: i16,
+    next_producer_id: i64,
+    nodes: Vec<(i32, String)>,
+    journal: Vec<Seen>,
+    controls: Vec<Control>,
+}
+
+/// A running fake cluster; stops when dropped.
+pub(crate) struct FakeCluster {
+    state: Arc<Mutex<State>>,
+    nodes: Vec<(i32, String)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for FakeCluster {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl FakeCluster {
+    /// Starts one node per entry of `modes` (node ids 0, 1, ...), with transactions version 2.
+    pub(crate) async fn start(modes: &[NodeMode]) -> Self {
+        let mut listeners = Vec::new();
+        for _ in modes {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            listeners.push((listener, addr));
+        }
+        let nodes: Vec<(i32, String)> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, (_, addr))| (i as i32, addr.clone()))
+            .collect();
+        let state = Arc::new(Mutex::new(State {
+            transaction_version: 2,
+            next_producer_id: 1000,
+            nodes: nodes.clone(),
+            ..State::default()
+        }));
+        let tasks = listeners
+            .into_iter()
+            .zip(modes)
+            .enumerate()
+            .map(|(i, ((listener, _), mode))| {
+                tokio::spawn(accept_loop(listener, i as i32, *mode, Arc::clone(&state)))
+            })
+            .collect();
+        Self {
+            state,
+            nodes,
+            tasks,
+        }
+    }
+
+    /// The bootstrap address of node `node`.
+    pub(crate) fn addr(&self, node: i32) -> String {
+        self.nodes[node as usize].1.clone()
+    }
+
+    /// Creates a topic whose partition `p` is led by `leaders[p]`.
+    pub(crate) fn create_topic(&self, name: &str, leaders: &[i32]) {
+        self.with_state(|s| {
+            s.topics.insert(
+                name.to_owned(),
+                leaders.iter().map(|&l| (l, Vec::new())).collect(),
+            );
+        });
+    }
+
+    /// Runs `f` on the shared state.
+    pub(crate) fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Installs a hook for requests of `key`; it is removed once it returns an action unless
+    /// `keep` is set.
+    pub(crate) fn control(
+        &self,
+        key: ApiKey,
+        keep: bool,
+        hook: impl FnMut(&Seen, &mut State) -> Option<Action> + Send + 'static,
+    ) {
+        self.with_state(|s| {
+            s.controls.push(Control {
+                key,
+                keep,
+                hook: Box::new(hook),
+            })
+        });
+    }
+
+    /// Every request seen so far, in arrival order.
+    pub(crate) fn requests(&self) -> Vec<Seen> {
+        self.with_state(|s| s.journal.clone())
+    }
+
+    /// The requests of one API seen so far.
+    pub(crate) fn requests_of(&self, key: ApiKey) -> Vec<Seen> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.key == key)
+            .collect()
+    }
+
+    /// How many records were appended to `topic`/`partition` (all batches, any transaction).
+    pub(crate) fn record_count(&self, topic: &str, partition: i32) -> usize {
+        self.with_state(|s| {
+            s.topics.get(topic).map_or(0, |parts| {
+                parts[partition as usize]
+                    .1
+                    .iter()
+                    .map(|b| batch_record_count(b) as usize)
+                    .sum()
+            })
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, node: i32, mode: NodeMode, state: Arc<Mutex<State>>) {
+    let mut connections = Vec::new();
+    while let Ok((socket, _)) = listener.accept().await {
+        connections.push(tokio::spawn(serve(socket, node, mode, Arc::clone(&state))));
+    }
+}
+
+/// Serves one connection: reads frames, decodes, consults hooks, answers.
+async fn serve(mut socket: TcpStream, node: i32, mode: NodeMode, state: Arc<Mutex<State>>) {
+    loop {
+        let Ok(size) = socket.read_i32().await else {
+            return;
+        };
+        let Ok(size) = usize::try_from(size) else {
+            return;
+        };
+        let mut frame = vec![0; size];
+        if socket.read_exact(&mut frame).await.is_err() {
+            return;
+        }
+        if mode == NodeMode::Silent {
+            continue;
+        }
+        let mut frame = Bytes::from(frame);
+        let Some((key, version, correlation_id, body)) = decode_request(&mut frame) else {
+            return;
+        };
+        let seen = Seen {
+            node,
+            key,
+            version,
+            body,
+        };
+        let action = {
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            let s = &mut *guard;
+            s.journal.push(seen.clone());
+            let mut decided = None;
+            let mut controls = std::mem::take(&mut s.controls);
+            let mut i = 0;
+            while i < controls.len() {
+                if controls[i].key == key {
+                    if let Some(action) = (controls[i].hook)(&seen, s) {
+                        if !controls[i].keep {
+                            controls.remove(i);
+                        }
+                        decided = Some(action);
+                        break;
+                    }
+                }
+                i += 1;
+            }
+            controls.append(&mut s.controls);
+            s.controls = controls;
+            decided
+        };
+        let response = match action {
+            Some(Action::Respond(response)) => Some(response),
+            Some(Action::Cut) => return,
+            Some(Action::DelayMs(ms)) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Some(handle(&seen, &state))
+            }
+            Some(Action::DropResponse) => {
+                handle(&seen, &state);
+                None
+            }
+            Some(Action::CutAfterApply) => {
+                handle(&seen, &state);
+                return;
+            }
+            None => Some(handle(&seen, &state)),
+        };
+        if let Some(response) = response {
+            let mut buf = BytesMut::new();
+            buf.put_i32(0);
+            ResponseHeader::default()
+                .with_correlation_id(correlation_id)
+                .encode(&mut buf, key.response_header_version(version))
+                .expect("encode response header");
+            response.encode(&mut buf, version);
+            let len = (buf.len() - 4) as i32;
+            buf[..4].copy_from_slice(&len.to_be_bytes());
+            if socket.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn decode_request(frame: &mut Bytes) -> Option<(ApiKey, i16, i32, RequestKind)> {
+    if frame.len() < 4 {
+        return None;
+    }
+    let key = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]])).ok()?;
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let header = RequestHeader::decode(frame, key.request_header_version(version)).ok()?;
+    let body = decode_body(key, frame, version)?;
+    Some((key, version, header.correlation_id, body))
+}
+
+fn kstr(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+fn versions<R: KafkaRequest>() -> ApiVersion
+where
+    R::Response: Send + 'static,
+{
+    ApiVersion::default()
+        .with_api_key(R::KEY)
+        .with_min_version(R::OURS.min)
+        .with_max_version(R::OURS.max)
+}
+
+/// The record count field of a v2 record batch (offset 57), 0 if too short.
+fn batch_record_count(batch: &[u8]) -> i32 {
+    batch
+        .get(57..61)
+        .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Splits a produce request's records field into its batches.
+fn split_batches(mut data: Bytes) -> Vec<Bytes> {
+    let mut batches = Vec::new();
+    while data.len() >= 12 {
+        let len = i32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        let total = 12 + len.max(0) as usize;
+        if total > data.len() {
+            break;
+        }
+        batches.push(data.split_to(total));
+    }
+    let _ = data.remaining();
+    batches
+}
+
+/// The default handlers.
+fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
+    let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+    let s = &mut *guard;
+    match &seen.body {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(
+            ApiVersionsResponse::default()
+                .with_api_keys(vec![
+                    versions::<ApiVersionsRequest>(),
+                    versions::<MetadataRequest>(),
+                    versions::<ProduceRequest>(),
+                    versions::<FetchRequest>(),
+                    versions::<ListOffsetsRequest>(),
+                    versions::<FindCoordinatorRequest>(),
+                    versions::<InitProducerIdRequest>(),
+                    versions::<AddPartitionsToTxnRequest>(),
+                    versions::<AddOffsetsToTxnRequest>(),
+                    versions::<TxnOffsetCommitRequest>(),
+                    versions::<EndTxnRequest>(),
+                    versions::<DescribeTransactionsRequest>(),
+                    versions::<DescribeConfigsRequest>(),
+                ])
+                .with_finalized_features(vec![FinalizedFeatureKey::default()
+                    .with_name(kstr("transaction.version"))
+                    .with_min_version_level(s.transaction_version)
+                    .with_max_version_level(s.transaction_version)]),
+        ),
+        RequestKind::Metadata(_) => {
+            let brokers = s
+                .nodes
+                .iter()
+                .map(|(id, addr)| {
+                    let (host, port) = addr.rsplit_once(':').expect("host:port");
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(*id))
+                        .with_host(kstr(host))
+                        .with_port(port.parse().expect("port"))
+                })
+                .collect();
+            let topics = s
+                .topics
+                .iter()
+                .map(|(name, parts)| {
+                    MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(kstr(name))))
+                        .with_partitions(
+                            parts
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (leader, _))| {
+                                    MetadataResponsePartition::default()
+                                        .with_partition_index(i as i32)
+                                        .with_leader_id(BrokerId(*leader))
+                                        .with_replica_nodes(vec![BrokerId(*leader)])
+                                        .with_isr_nodes(vec![BrokerId(*leader)])
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            ResponseKind::Metadata(
+                MetadataResponse::default()
+                    .with_brokers(brokers)
+                    .with_topics(topics),
+            )
+        }
+        RequestKind::FindCoordinator(req) => {
+            let (host, port) = s.nodes[0].1.rsplit_once(':').expect("host:port");
+            let port: i32 = port.parse().expect("port");
+            let keys: Vec<StrBytes> = if req.coordinator_keys.is_empty() {
+                vec![req.key.clone()]
+            } else {
+                req.coordinator_keys.clone()
+            };
+            // v4+ (KIP-699) answers per key; older versions have one top-level coordinator.
+            let response = if seen.version >= 4 {
+                FindCoordinatorResponse::default().with_coordinators(
+                    keys.into_iter()
+                        .map(|key| {
+                            Coordinator::default()
+                                .with_key(key)
+                                .with_node_id(BrokerId(0))
+                                .with_host(kstr(host))
+                                .with_port(port)
+                        })
+                        .collect(),
+                )
+            } else {
+                FindCoordinatorResponse::default()
+                    .with_node_id(BrokerId(0))
+                    .with_host(kstr(host))
+                    .with_port(port)
+            };
+            ResponseKind::FindCoordinator(response)
+        }
+        RequestKind::InitProducerId(req) => {
+            let (producer_id, producer_epoch) = match &req.transactional_id {
+                Some(id) => {
+                    let next_id = s.next_producer_id;
+                    let txn = s.txns.entry(id.to_string()).or_insert_with(|| Txn {
+                        producer_id: next_id,
+                        producer_epoch: -1,
+                        state: "Empty".into(),
+                        partitions: Vec::new(),
+                    });
+                    if txn.producer_id == next_id {
+                        s.next_producer_id += 1;
+                    }
+                    txn.producer_epoch += 1;
+                    txn.state = "Empty".into();
+                    txn.partitions.clear();
+                    (txn.producer_id, txn.producer_epoch)
+                }
+                None => {
+                    s.next_producer_id += 1;
+                    (s.next_producer_id - 1, 0)
+                }
+            };
+            ResponseKind::InitProducerId(
+                InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(producer_id))
+                    .with_producer_epoch(producer_epoch),
+            )
+        }
+        RequestKind::Produce(req) => {
+            let mut responses = Vec::new();
+            for topic in &req.topic_data {
+                let mut partitions = Vec::new();
+                for p in &topic.partition_data {
+                    let mut base_offset = -1;
+                    let mut code = 0;
+                    match s
+                        .topics
+                        .get_mut(topic.name.0.as_str())
+                        .and_then(|parts| parts.get_mut(p.index as usize))
+                    {
+                        Some((_, log)) => {
+                            let start: i64 = log.iter().map(|b| batch_record_count(b) as i64).sum();
+                            base_offset = start;
+                            log.extend(split_batches(p.records.clone().unwrap_or_default()));
+                        }
+                        None => code = 3, // UNKNOWN_TOPIC_OR_PARTITION
+                    }
+                    if let (Some(id), 0) = (&req.transactional_id, code) {
+                        if let Some(txn) = s.txns.get_mut(id.as_str()) {
+                            txn.state = "Ongoing".into();
+                            let tp = (topic.name.0.to_string(), p.index);
+                            if !txn.partitions.contains(&tp) {
+                                txn.partitions.push(tp);
+                            }
+                        }
+                    }
+                    partitions.push(
+                        PartitionProduceResponse::default()
+                            .with_index(p.index)
+                            .with_error_code(code)
+                            .with_base_offset(base_offset),
+                    );
+                }
+                responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(topic.name.clone())
+                        .with_partition_responses(partitions),
+                );
+            }
+            ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
+        }
+        RequestKind::EndTxn(req) => {
+            let mut response = EndTxnResponse::default();
+            match s.txns.get_mut(req.transactional_id.as_str()) {
+                Some(txn) if txn.producer_epoch == req.producer_epoch => {
+                    txn.state = if req.committed {
+                        "CompleteCommit".into()
+                    } else {
+                        "CompleteAbort".into()
+                    };
+                    txn.partitions.clear();
+                    if s.transaction_version >= 2 {
+                        txn.producer_epoch += 1;
+                    }
+                    response = response
+                        .with_producer_id(ProducerId(txn.producer_id))
+                        .with_producer_epoch(txn.producer_epoch);
+                }
+                // A retry of the EndTxn that already completed (its answer was lost): like the
+                // broker, answer success with the current epoch (under transactions version 2 the
+                // retry carries the epoch before the bump).
+                Some(txn)
+                    if txn.state
+                        == if req.committed {
+                            "CompleteCommit"
+                        } else {
+                            "CompleteAbort"
+                        }
+                        && (txn.producer_epoch == req.producer_epoch
+                            || (s.transaction_version >= 2
+                                && txn.producer_epoch == req.producer_epoch + 1)) =>
+                {
+                    response = response
+                        .with_producer_id(ProducerId(txn.producer_id))
+                        .with_producer_epoch(txn.producer_epoch);
+                }
+                Some(_) => response = response.with_error_code(90), // PRODUCER_FENCED
+                None => response = response.with_error_code(48),    // INVALID_TXN_STATE
+            }
+            if seen.version < 5 {
+                // The producer id and epoch fields exist from v5 (KIP-890) on.
+                response = response
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1);
+            }
+            ResponseKind::EndTxn(response)
+        }
+        RequestKind::DescribeTransactions(req) => ResponseKind::DescribeTransactions(
+            DescribeTransactionsResponse::default().with_transaction_states(
+                req.transactional_ids
+                    .iter()
+                    .map(|id| match s.txns.get(id.0.as_str()) {
+                        Some(txn) => DescribedTxn::default()
+                            .with_transactional_id(id.clone())
+                            .with_transaction_state(kstr(&txn.state))
+                            .with_producer_id(ProducerId(txn.producer_id))
+                            .with_producer_epoch(txn.producer_epoch)
+                            .with_topics(
+                                txn.partitions
+                                    .iter()
+                                    .map(|(t, p)| {
+                                        TopicData::default()
+                                            .with_topic(TopicName(kstr(t)))
+                                            .with_partitions(vec![*p])
+                                    })
+                                    .collect(),
+                            ),
+                        None => DescribedTxn::default()
+                            .with_transactional_id(id.clone())
+                            .with_error_code(105), // TRANSACTIONAL_ID_NOT_FOUND
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::DescribeConfigs(req) => ResponseKind::DescribeConfigs(
+            DescribeConfigsResponse::default().with_results(
+                req.resources
+                    .iter()
+                    .map(|r| {
+                        describe_configs_response::DescribeConfigsResult::default()
+                            .with_resource_type(r.resource_type)
+                            .with_resource_name(r.resource_name.clone())
+                    })
+                    .collect(),
+            ),
+        ),
+        other => panic!("fake cluster: no default handler for {other:?}; install a hook"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Client, ClientConfig};
+
+    #[tokio::test]
+    async fn serves_metadata_and_journals_requests() {
+        let cluster = FakeCluster::start(&[NodeMode::Serve, NodeMode::Serve]).await;
+        cluster.create_topic("t", &[0, 1]);
+        let client = Client::connect(ClientConfig::new(&cluster.addr(0)))
+            .await
+            .expect("connect");
+        assert_eq!(client.leader("t", 1).await.unwrap(), 1);
+        let metadata = cluster.requests_of(ApiKey::Metadata);
+        assert!(!metadata.is_empty());
+        assert!(metadata.iter().all(|r| r.node == 0));
+    }
+
+    #[tokio::test]
+    async fn a_hook_answers_once_then_the_default_handler_does() {
+        let cluster = FakeCluster::start(&[NodeMode::Serve]).await;
+        cluster.create_topic("t", &[0]);
+        // The first Metadata request after connecting says the partition has no leader.
+        let client = Client::connect(ClientConfig::new(&cluster.addr(0)))
+            .await
+            .expect("connect");
+        cluster.control(ApiKey::Metadata, false, |_, _| {
+            Some(Action::Respond(ResponseKind::Metadata(
+                MetadataResponse::default().with_topics(vec![MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(kstr("t"))))
+                    .with_partitions(vec![MetadataResponsePartition::default()
+                        .with_partition_index(0)
+                        .with_leader_id(BrokerId(-1))])]),
+            )))
+        });
+        client.refresh_metadata(&["t".to_owned()]).await.unwrap();
+        assert_eq!(client.cached_leader("t", 0), None);
+        // `leader` retries with a refresh, which the default handler answers.
+        assert_eq!(client.leader("t", 0).await.unwrap(), 0);
+    }
+
+    use crate::client::producer::ProducerRecord;
+    use crate::client::transaction::{TransactionConfig, TransactionalProducer};
+    use crate::connection::ConnectionConfig;
+
+    const CONCURRENT_TRANSACTIONS: i16 = 51;
+
+    async fn txn_producer(cluster: &FakeCluster, id: &str) -> TransactionalProducer {
+        txn_producer_with_deadline(cluster, id, 10_000).await
+    }
+
+    async fn txn_producer_with_deadline(
+        cluster: &FakeCluster,
+        id: &str,
+        coordinator_deadline_ms: u64,
+    ) -> TransactionalProducer {
+        let mut config = ClientConfig::new(&cluster.addr(0));
+        config.connection = ConnectionConfig {
+            request_timeout_ms: 300,
+            ..ConnectionConfig::default()
+        };
+        let client = Client::connect(config).await.expect("connect");
+        let mut txn = TransactionConfig::new(id);
+        txn.coordinator_deadline_ms = coordinator_deadline_ms;
+        TransactionalProducer::init(client, txn)
+            .await
+            .expect("init")
+    }
+
+    fn end_txns(cluster: &FakeCluster) -> Vec<bool> {
+        cluster
+            .requests_of(ApiKey::EndTxn)
+            .into_iter()
+            .map(|r| match r.body {
+                RequestKind::EndTxn(req) => req.committed,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    async fn one_transaction(producer: &TransactionalProducer) {
+        producer.begin().await.expect("begin");
+        producer
+            .send(ProducerRecord::new("t", "v"))
+            .await
+            .expect("send")
+            .await
+            .expect("delivered");
+        producer.commit().await.expect("commit");
+    }
+
+    #[tokio::test]
+    async fn end_txn_concurrent_transactions_is_retried() {
+        let cluster = FakeCluster::start(&[NodeMode::Serve]).await;
+        cluster.create_topic("t", &[0]);
+        let producer = txn_producer(&cluster, "retry-end").await;
+        cluster.control(ApiKey::EndTxn, false, |_, _| {
+            Some(Action::Respond(ResponseKind::EndTxn(
+                EndTxnResponse::default().with_error_code(CONCURRENT_TRANSACTIONS),
+            )))
+        });
+        one_transaction(&producer).await;
+        assert_eq!(end_txns(&cluster), vec![true, true]);
+        assert_eq!(
+            cluster.with_state(|s| s.txns["retry-end"].state.clone()),
+            "CompleteCommit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_end_txn_answer_is_never_followed_by_an_abort() {
+        let cluster = FakeCluster::start(&[NodeMode::Serve]).await;
+        cluster.create_topic("t", &[0]);
+        let producer = txn_producer(&cluster, "lost-end").await;
+        // The coordinator applies the commit but the answer never arrives (the request times
+        // out); the producer must find out that it committed, never abort.
+        cluster.control(ApiKey::EndTxn, false, |_, _| Some(Action::DropResponse));
+        one_transaction(&producer).await;
+        assert!(
+            end_txns(&cluster).iter().all(|&commit| commit),
+            "an abort was sent"
+        );
+        assert_eq!(
+            cluster.with_state(|s| s.txns["lost-end"].state.clone()),
+            "CompleteCommit"
+        );
+    }
+}
