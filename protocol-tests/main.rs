@@ -7,6 +7,7 @@
 mod common;
 
 mod admin;
+mod compacted;
 mod interop;
 mod produce_fetch;
 mod transactions;

@@ -238,33 +238,53 @@ impl Fetcher {
         offset: i64,
         aborted: Vec<(i64, i64)>,
     ) -> Result<(Vec<Record>, i64), crate::protocol::ProtocolError> {
-        let mut filter = AbortedFilter::new(aborted);
-        let mut records = Vec::new();
-        let mut next_offset = offset;
-        for batch in decode_batches(data, self.config.decompressed_bytes_max) {
-            let batch: RecordBatch = batch?;
-            let control = if batch.header.is_control {
-                batch.control_type()?
-            } else {
-                None
-            };
-            let keep = match self.config.isolation {
-                Isolation::ReadCommitted => filter.keep(&batch.header, control),
-                Isolation::ReadUncommitted => !batch.header.is_control,
-            };
-            if keep {
-                for record in batch.records() {
-                    let record = record?;
-                    // A compressed batch may start before the offset asked for.
-                    if record.offset >= offset {
-                        records.push(record);
-                    }
+        decode_partition(
+            data,
+            offset,
+            self.config.isolation,
+            aborted,
+            self.config.decompressed_bytes_max,
+        )
+    }
+}
+
+/// Decodes one partition's record set from a Fetch response: the records at or after `offset`
+/// that `isolation` lets through, and the offset to fetch next.
+///
+/// The next offset moves past every whole batch returned, kept or not: control batches, aborted
+/// batches and batches the log cleaner emptied (a compacted topic keeps a batch without records
+/// when it carries a producer's last sequence or epoch). Such an empty batch has no records to
+/// return and, when it is a control batch, no marker to act on: it is skipped, as Kafka's Java
+/// consumer does (`CompletedFetch`).
+fn decode_partition(
+    data: Bytes,
+    offset: i64,
+    isolation: Isolation,
+    aborted: Vec<(i64, i64)>,
+    decompressed_bytes_max: usize,
+) -> Result<(Vec<Record>, i64), crate::protocol::ProtocolError> {
+    let mut filter = AbortedFilter::new(aborted);
+    let mut records = Vec::new();
+    let mut next_offset = offset;
+    for batch in decode_batches(data, decompressed_bytes_max) {
+        let batch: RecordBatch = batch?;
+        let control = batch.control_type()?;
+        let keep = match isolation {
+            Isolation::ReadCommitted => filter.keep(&batch.header, control),
+            Isolation::ReadUncommitted => !batch.header.is_control,
+        };
+        if keep {
+            for record in batch.records() {
+                let record = record?;
+                // A compressed batch may start before the offset asked for.
+                if record.offset >= offset {
+                    records.push(record);
                 }
             }
-            next_offset = next_offset.max(batch.header.last_offset() + 1);
         }
-        Ok((records, next_offset))
+        next_offset = next_offset.max(batch.header.last_offset() + 1);
     }
+    Ok((records, next_offset))
 }
 
 #[cfg(test)]
@@ -281,6 +301,153 @@ mod tests {
             record_count: count,
             ..BatchHeader::default()
         }
+    }
+
+    use crate::protocol::compression::Compression;
+    use crate::protocol::record_batch::{BatchProducerFields, RecordBatchBuilder};
+    use bytes::BytesMut;
+
+    /// Batches the log cleaner of Kafka 4.1.1 emptied, recorded by `protocol-tests/compacted.rs`
+    /// (see fixtures/README.md): an idempotent producer's data batch (offsets 0..=3), a
+    /// transactional producer's emptied abort marker (offset 13, producer 4), and a
+    /// transactional data batch (offsets 129..=132, producer 5).
+    const EMPTY_DATA: &[u8] = include_bytes!("../../fixtures/empty-data-batch.bin");
+    const EMPTY_CONTROL: &[u8] = include_bytes!("../../fixtures/empty-control-batch.bin");
+    const EMPTY_TXN_DATA: &[u8] =
+        include_bytes!("../../fixtures/empty-transactional-data-batch.bin");
+
+    /// A built batch of `values` at `base`, from producer `pid`; `marker` makes it a control
+    /// batch holding that marker type (0 abort, 1 commit).
+    fn batch(
+        base: i64,
+        pid: i64,
+        transactional: bool,
+        marker: Option<i16>,
+        values: &[&str],
+    ) -> Bytes {
+        let mut b = RecordBatchBuilder::new(Compression::None);
+        match marker {
+            Some(kind) => {
+                let mut key = 0i16.to_be_bytes().to_vec();
+                key.extend_from_slice(&kind.to_be_bytes());
+                b.append(0, Some(&key), Some(&[0, 0, 0, 0, 0, 0]), &[])
+                    .unwrap();
+            }
+            None => {
+                for v in values {
+                    b.append(0, None, Some(v.as_bytes()), &[]).unwrap();
+                }
+            }
+        }
+        let fields = BatchProducerFields {
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: 0,
+            is_transactional: transactional,
+        };
+        let mut data = BytesMut::from(&b.build(fields).unwrap()[..]);
+        data[..8].copy_from_slice(&base.to_be_bytes()); // outside the CRC
+        if marker.is_some() {
+            data[22] |= 1 << 5; // the control bit of the attributes
+            let crc = crc32c::crc32c(&data[21..]);
+            data[17..21].copy_from_slice(&crc.to_be_bytes());
+        }
+        data.freeze()
+    }
+
+    fn values(records: &[Record]) -> Vec<(i64, String)> {
+        records
+            .iter()
+            .map(|r| {
+                let v = r.value.as_deref().unwrap_or_default();
+                (r.offset, String::from_utf8_lossy(v).into_owned())
+            })
+            .collect()
+    }
+
+    fn cleaned_log() -> Bytes {
+        let mut data = BytesMut::new();
+        for part in [EMPTY_DATA, EMPTY_CONTROL, EMPTY_TXN_DATA] {
+            data.extend_from_slice(part);
+        }
+        // Producer 9 aborts a transaction (135..=136, marker at 137), then commits 138.
+        data.extend_from_slice(&batch(135, 9, true, None, &["aborted-1", "aborted-2"]));
+        data.extend_from_slice(&batch(137, 9, true, Some(0), &[]));
+        data.extend_from_slice(&batch(138, 9, true, None, &["committed"]));
+        data.extend_from_slice(&batch(139, -1, false, None, &["plain"]));
+        data.freeze()
+    }
+
+    #[test]
+    fn empty_batches_left_by_the_cleaner_are_skipped() {
+        // Only emptied batches: nothing to return, but the position moves past all of them.
+        let mut only_empty = BytesMut::new();
+        for part in [EMPTY_DATA, EMPTY_CONTROL, EMPTY_TXN_DATA] {
+            only_empty.extend_from_slice(part);
+        }
+        for isolation in [Isolation::ReadCommitted, Isolation::ReadUncommitted] {
+            let (records, next) =
+                decode_partition(only_empty.clone().freeze(), 0, isolation, vec![], 1 << 20)
+                    .unwrap();
+            assert!(records.is_empty(), "{isolation:?}");
+            assert_eq!(next, 133, "{isolation:?}");
+        }
+
+        // Followed by live data, with an aborted transaction to filter.
+        let (records, next) = decode_partition(
+            cleaned_log(),
+            0,
+            Isolation::ReadCommitted,
+            vec![(9, 135)],
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            values(&records),
+            [(138, "committed".into()), (139, "plain".into())]
+        );
+        assert_eq!(next, 140);
+        let (records, next) = decode_partition(
+            cleaned_log(),
+            0,
+            Isolation::ReadUncommitted,
+            vec![],
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            values(&records),
+            [
+                (135, "aborted-1".into()),
+                (136, "aborted-2".into()),
+                (138, "committed".into()),
+                (139, "plain".into())
+            ]
+        );
+        assert_eq!(next, 140);
+    }
+
+    #[test]
+    fn an_emptied_control_batch_is_no_abort_marker() {
+        // Producer 4's transaction from offset 10 is aborted; its data at 10..=12 is dropped. The
+        // emptied control batch of producer 4 at 13 is not its abort marker (Java's
+        // `containsAbortMarker` is false for it), so producer 4 stays aborting until a real one.
+        let mut data = BytesMut::new();
+        data.extend_from_slice(&batch(10, 4, true, None, &["a", "b", "c"]));
+        data.extend_from_slice(EMPTY_CONTROL);
+        data.extend_from_slice(&batch(14, 4, true, None, &["d"]));
+        data.extend_from_slice(&batch(15, 4, true, Some(0), &[]));
+        data.extend_from_slice(&batch(16, 4, true, None, &["e"]));
+        let (records, next) = decode_partition(
+            data.freeze(),
+            10,
+            Isolation::ReadCommitted,
+            vec![(4, 10)],
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(values(&records), [(16, "e".into())]);
+        assert_eq!(next, 17);
     }
 
     #[test]

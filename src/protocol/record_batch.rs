@@ -319,19 +319,21 @@ impl RecordBatch {
         }
     }
 
-    /// For a control batch, the type of its (single) control record.
+    /// For a control batch, the type of its (single) control record; `None` for a data batch and
+    /// for a control batch without records.
+    ///
+    /// The log cleaner of a compacted topic removes a transaction marker once the transaction's
+    /// data is gone and `delete.retention.ms` has passed, but keeps the batch, emptied, when it
+    /// carries the producer's latest epoch (the producer state must survive a reload of the log).
+    /// Such a batch is no marker: Kafka's Java consumer reads it as "no abort marker" and moves
+    /// past it, and so do we.
     pub fn control_type(&self) -> Result<Option<ControlRecordType>, ProtocolError> {
         if !self.header.is_control {
             return Ok(None);
         }
-        let record =
-            self.records()
-                .next()
-                .transpose()?
-                .ok_or_else(|| ProtocolError::CorruptBatch {
-                    position: 0,
-                    what: "control batch without a record".into(),
-                })?;
+        let Some(record) = self.records().next().transpose()? else {
+            return Ok(None);
+        };
         let key = record.key.unwrap_or_default();
         let Some(kind) = key.get(2..4) else {
             return Err(ProtocolError::CorruptBatch {
@@ -747,6 +749,52 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(batch.control_type().unwrap(), Some(want));
+        }
+    }
+
+    #[test]
+    fn empty_batches_left_by_the_log_cleaner() {
+        // Recorded from Kafka 4.1.1 after its log cleaner ran (fixtures/README.md).
+        let cases: [(&[u8], bool, bool, i64, i64); 3] = [
+            (
+                include_bytes!("../../fixtures/empty-data-batch.bin"),
+                false,
+                false,
+                0,
+                3,
+            ),
+            (
+                include_bytes!("../../fixtures/empty-control-batch.bin"),
+                true,
+                true,
+                13,
+                13,
+            ),
+            (
+                include_bytes!("../../fixtures/empty-transactional-data-batch.bin"),
+                false,
+                true,
+                129,
+                132,
+            ),
+        ];
+        for (bytes, control, transactional, base, last) in cases {
+            let batches: Vec<_> = decode_batches(Bytes::from_static(bytes), 1 << 20)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(batches.len(), 1);
+            let h = batches[0].header;
+            assert_eq!((h.is_control, h.is_transactional), (control, transactional));
+            assert_eq!(
+                (h.base_offset, h.last_offset(), h.record_count),
+                (base, last, 0)
+            );
+            assert_eq!(batches[0].records().count(), 0);
+            assert_eq!(
+                batches[0].control_type(),
+                Ok(None),
+                "an emptied marker is no marker"
+            );
         }
     }
 
