@@ -31,6 +31,7 @@ use crate::protocol::record_batch::{
 use super::admin::Isolation;
 use super::{Client, ClientError};
 use crate::protocol::error_codes::codes;
+use crate::protocol::ProtocolError;
 
 /// Fetch settings.
 #[derive(Debug, Clone)]
@@ -47,6 +48,13 @@ pub struct FetchConfig {
     pub partition_max_bytes: i32,
     /// Largest decompressed size of one batch (decompression-bomb guard).
     pub decompressed_bytes_max: usize,
+    /// Largest decompressed size of all compressed batches of one fetch response together: the
+    /// per-batch limit alone lets a response of many batches just under it through. A fetch
+    /// stops decoding before the batch that would go over it and returns what came before
+    /// (the next fetch starts at that batch); when the first batch alone does not fit, the
+    /// fetch fails with [`ClientError::ResponseDecompressedTooLarge`]. Keep it at least
+    /// `decompressed_bytes_max` so that every batch the per-batch limit accepts can be read.
+    pub response_decompressed_bytes_max: usize,
 }
 
 impl Default for FetchConfig {
@@ -58,6 +66,7 @@ impl Default for FetchConfig {
             max_bytes: 50 * 1024 * 1024,
             partition_max_bytes: 4 * 1024 * 1024,
             decompressed_bytes_max: 64 * 1024 * 1024,
+            response_decompressed_bytes_max: 256 * 1024 * 1024,
         }
     }
 }
@@ -217,11 +226,14 @@ impl Fetcher {
         };
         let (records, next_offset) = self
             .decode(data.records.unwrap_or_default(), offset, aborted)
-            .map_err(|source| ClientError::CorruptData {
-                topic: topic.to_owned(),
-                partition,
-                offset,
-                source,
+            .map_err(|source| {
+                decode_error(
+                    topic,
+                    partition,
+                    offset,
+                    self.config.response_decompressed_bytes_max,
+                    source,
+                )
             })?;
         Ok(FetchedPartition {
             records,
@@ -237,14 +249,43 @@ impl Fetcher {
         data: Bytes,
         offset: i64,
         aborted: Vec<(i64, i64)>,
-    ) -> Result<(Vec<Record>, i64), crate::protocol::ProtocolError> {
+    ) -> Result<(Vec<Record>, i64), ProtocolError> {
+        let mut budget_bytes = self.config.response_decompressed_bytes_max;
         decode_partition(
             data,
             offset,
             self.config.isolation,
             aborted,
             self.config.decompressed_bytes_max,
+            &mut budget_bytes,
         )
+    }
+}
+
+/// The client error for a record set of `topic`/`partition` fetched at `offset` that could not
+/// be decoded.
+fn decode_error(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    response_decompressed_bytes_max: usize,
+    source: ProtocolError,
+) -> ClientError {
+    match source {
+        ProtocolError::DecompressedBudgetExceeded { .. } => {
+            ClientError::ResponseDecompressedTooLarge {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                limit_bytes: response_decompressed_bytes_max,
+            }
+        }
+        source => ClientError::CorruptData {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            source,
+        },
     }
 }
 
@@ -256,18 +297,32 @@ impl Fetcher {
 /// when it carries a producer's last sequence or epoch). Such an empty batch has no records to
 /// return and, when it is a control batch, no marker to act on: it is skipped, as Kafka's Java
 /// consumer does (`CompletedFetch`).
+///
+/// `budget_bytes` is what compressed batches may still decompress to in this fetch response; it
+/// is reduced by what they did. Decoding stops before a batch that would exceed it, returning
+/// the batches before (the next fetch starts at that batch), and fails with
+/// [`ProtocolError::DecompressedBudgetExceeded`] only when it is the first batch.
 fn decode_partition(
     data: Bytes,
     offset: i64,
     isolation: Isolation,
     aborted: Vec<(i64, i64)>,
     decompressed_bytes_max: usize,
-) -> Result<(Vec<Record>, i64), crate::protocol::ProtocolError> {
+    budget_bytes: &mut usize,
+) -> Result<(Vec<Record>, i64), ProtocolError> {
     let mut filter = AbortedFilter::new(aborted);
     let mut records = Vec::new();
     let mut next_offset = offset;
-    for batch in decode_batches(data, decompressed_bytes_max) {
-        let batch: RecordBatch = batch?;
+    let mut batches =
+        decode_batches(data, decompressed_bytes_max).with_decompressed_budget(*budget_bytes);
+    let mut decoded_any = false;
+    for batch in batches.by_ref() {
+        let batch: RecordBatch = match batch {
+            Ok(batch) => batch,
+            Err(ProtocolError::DecompressedBudgetExceeded { .. }) if decoded_any => break,
+            Err(e) => return Err(e),
+        };
+        decoded_any = true;
         let control = batch.control_type()?;
         let keep = match isolation {
             Isolation::ReadCommitted => filter.keep(&batch.header, control),
@@ -284,6 +339,7 @@ fn decode_partition(
         }
         next_offset = next_offset.max(batch.header.last_offset() + 1);
     }
+    *budget_bytes = budget_bytes.saturating_sub(batches.decompressed_bytes());
     Ok((records, next_offset))
 }
 
@@ -355,6 +411,17 @@ mod tests {
         data.freeze()
     }
 
+    /// Decodes with a 1 MiB limit per batch and no limit per response.
+    fn decode(
+        data: Bytes,
+        offset: i64,
+        isolation: Isolation,
+        aborted: Vec<(i64, i64)>,
+    ) -> Result<(Vec<Record>, i64), ProtocolError> {
+        let mut budget_bytes = usize::MAX;
+        decode_partition(data, offset, isolation, aborted, 1 << 20, &mut budget_bytes)
+    }
+
     fn values(records: &[Record]) -> Vec<(i64, String)> {
         records
             .iter()
@@ -387,34 +454,20 @@ mod tests {
         }
         for isolation in [Isolation::ReadCommitted, Isolation::ReadUncommitted] {
             let (records, next) =
-                decode_partition(only_empty.clone().freeze(), 0, isolation, vec![], 1 << 20)
-                    .unwrap();
+                decode(only_empty.clone().freeze(), 0, isolation, vec![]).unwrap();
             assert!(records.is_empty(), "{isolation:?}");
             assert_eq!(next, 133, "{isolation:?}");
         }
 
         // Followed by live data, with an aborted transaction to filter.
-        let (records, next) = decode_partition(
-            cleaned_log(),
-            0,
-            Isolation::ReadCommitted,
-            vec![(9, 135)],
-            1 << 20,
-        )
-        .unwrap();
+        let (records, next) =
+            decode(cleaned_log(), 0, Isolation::ReadCommitted, vec![(9, 135)]).unwrap();
         assert_eq!(
             values(&records),
             [(138, "committed".into()), (139, "plain".into())]
         );
         assert_eq!(next, 140);
-        let (records, next) = decode_partition(
-            cleaned_log(),
-            0,
-            Isolation::ReadUncommitted,
-            vec![],
-            1 << 20,
-        )
-        .unwrap();
+        let (records, next) = decode(cleaned_log(), 0, Isolation::ReadUncommitted, vec![]).unwrap();
         assert_eq!(
             values(&records),
             [
@@ -438,16 +491,97 @@ mod tests {
         data.extend_from_slice(&batch(14, 4, true, None, &["d"]));
         data.extend_from_slice(&batch(15, 4, true, Some(0), &[]));
         data.extend_from_slice(&batch(16, 4, true, None, &["e"]));
-        let (records, next) = decode_partition(
-            data.freeze(),
-            10,
-            Isolation::ReadCommitted,
-            vec![(4, 10)],
-            1 << 20,
-        )
-        .unwrap();
+        let (records, next) =
+            decode(data.freeze(), 10, Isolation::ReadCommitted, vec![(4, 10)]).unwrap();
         assert_eq!(values(&records), [(16, "e".into())]);
         assert_eq!(next, 17);
+    }
+
+    #[test]
+    fn response_decompression_budget() {
+        let value = "x".repeat(1000);
+        let gzip_batch = |base: i64| {
+            let mut b = RecordBatchBuilder::new(Compression::Gzip);
+            b.append(0, None, Some(value.as_bytes()), &[]).unwrap();
+            let fields = BatchProducerFields {
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                is_transactional: false,
+            };
+            let mut data = BytesMut::from(&b.build(fields).unwrap()[..]);
+            data[..8].copy_from_slice(&base.to_be_bytes());
+            data.freeze()
+        };
+        let mut data = BytesMut::new();
+        for base in 0..3 {
+            data.extend_from_slice(&gzip_batch(base));
+        }
+        let data = data.freeze();
+        let one = decode_batches(gzip_batch(0), 1 << 20)
+            .next()
+            .unwrap()
+            .unwrap()
+            .records
+            .len();
+        assert!(one > 1000, "{one}");
+
+        // Room for two and a half batches: two come back, the next fetch starts at the third.
+        let mut budget = one * 5 / 2;
+        let (records, next) = decode_partition(
+            data.clone(),
+            0,
+            Isolation::ReadUncommitted,
+            vec![],
+            1 << 20,
+            &mut budget,
+        )
+        .unwrap();
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(next, 2);
+        assert_eq!(budget, one * 5 / 2 - 2 * one);
+
+        // The rest of the budget carries over (to the next partition of the same response);
+        // when not even the first batch fits, no progress is possible: a clear error.
+        let err = decode_partition(
+            data,
+            0,
+            Isolation::ReadUncommitted,
+            vec![],
+            1 << 20,
+            &mut budget,
+        )
+        .unwrap_err();
+        let remaining = one * 5 / 2 - 2 * one;
+        assert_eq!(
+            err,
+            ProtocolError::DecompressedBudgetExceeded {
+                base_offset: 0,
+                remaining
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "decompressing the batch at offset 0 would exceed the {remaining} bytes left of \
+                 the decompression budget"
+            )
+        );
+        let err = decode_error("t", 3, 0, 1000, err);
+        assert!(matches!(
+            err,
+            ClientError::ResponseDecompressedTooLarge {
+                partition: 3,
+                offset: 0,
+                limit_bytes: 1000,
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "t/3 at offset 0: the batch there decompresses to more than the 1000 bytes a fetch \
+             response may decompress to (FetchConfig::response_decompressed_bytes_max)"
+        );
     }
 
     #[test]

@@ -349,12 +349,16 @@ impl RecordBatch {
     }
 }
 
-/// Decodes the batches in `data` (a Fetch response's `records`), in order.
+/// Decodes the batches in `data` (a Fetch response's `records`), in order. No batch may
+/// decompress to more than `decompressed_bytes_max` bytes; see
+/// [`BatchIter::with_decompressed_budget`] for a limit on all of them together.
 pub fn decode_batches(data: Bytes, decompressed_bytes_max: usize) -> BatchIter {
     BatchIter {
         data,
         pos: 0,
         decompressed_bytes_max,
+        budget_bytes: usize::MAX,
+        decompressed_bytes: 0,
         done: false,
     }
 }
@@ -365,7 +369,28 @@ pub struct BatchIter {
     data: Bytes,
     pos: usize,
     decompressed_bytes_max: usize,
+    /// Decompressed bytes the remaining batches may produce together.
+    budget_bytes: usize,
+    /// Decompressed bytes produced so far.
+    decompressed_bytes: usize,
     done: bool,
+}
+
+impl BatchIter {
+    /// Limits the bytes all compressed batches together may decompress to (a per-batch limit
+    /// alone lets a response of many small bombs through). A batch that would go over the budget
+    /// ends iteration with [`ProtocolError::DecompressedBudgetExceeded`], before anything of it is
+    /// returned; the batches before it are complete. Uncompressed batches are slices of `data`
+    /// and do not count.
+    pub fn with_decompressed_budget(mut self, budget_bytes: usize) -> Self {
+        self.budget_bytes = budget_bytes;
+        self
+    }
+
+    /// Bytes decompressed so far (to carry a budget over to the next record set).
+    pub fn decompressed_bytes(&self) -> usize {
+        self.decompressed_bytes
+    }
 }
 
 fn be_i16(b: &[u8], at: usize) -> i16 {
@@ -442,7 +467,23 @@ impl BatchIter {
         let end = self.pos + total;
         let records = match header.compression {
             Compression::None => self.data.slice(start..end),
-            codec => decompress(codec, &self.data[start..end], self.decompressed_bytes_max)?,
+            codec => {
+                let remaining = self.budget_bytes.saturating_sub(self.decompressed_bytes);
+                if remaining < self.decompressed_bytes_max {
+                    // The budget, not the batch limit, binds: say so when it is hit.
+                    match decompress(codec, &self.data[start..end], remaining) {
+                        Err(ProtocolError::DecompressedTooLarge { .. }) => {
+                            return Err(ProtocolError::DecompressedBudgetExceeded {
+                                base_offset: header.base_offset,
+                                remaining,
+                            })
+                        }
+                        other => other?,
+                    }
+                } else {
+                    decompress(codec, &self.data[start..end], self.decompressed_bytes_max)?
+                }
+            }
         };
         let count = usize::try_from(header.record_count)
             .map_err(|_| corrupt(57, format!("negative record count {}", header.record_count)))?;
@@ -451,6 +492,9 @@ impl BatchIter {
                 57,
                 format!("record count {count} cannot fit in {} bytes", records.len()),
             ));
+        }
+        if header.compression != Compression::None {
+            self.decompressed_bytes = self.decompressed_bytes.saturating_add(records.len());
         }
         self.pos += total;
         Ok(Some(RecordBatch { header, records }))
