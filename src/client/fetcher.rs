@@ -28,7 +28,7 @@ use crate::protocol::record_batch::{
     decode_batches, BatchHeader, ControlRecordType, Record, RecordBatch,
 };
 
-use super::admin::Isolation;
+use super::types::Isolation;
 use super::{Client, ClientError};
 use crate::protocol::error_codes::codes;
 use crate::protocol::ProtocolError;
@@ -146,6 +146,11 @@ impl Fetcher {
     /// The settings in use.
     pub fn config(&self) -> &FetchConfig {
         &self.config
+    }
+
+    /// The client fetched through.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Fetches `topic`/`partition` from `offset`, retrying leader changes and disconnects.
