@@ -97,3 +97,55 @@ async fn reads_to_the_lso_or_the_high_watermark() {
     assert_eq!(reader.position(), 7, "past the abort marker at 6");
     assert!(reader.at_end());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_several_partitions_per_request() {
+    use exactly::client::producer::{Producer, ProducerConfig};
+    let client = client().await;
+    let a = create_topic(&client, "multi-a", 3).await;
+    let b = create_topic(&client, "multi-b", 1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .expect("producer");
+    let mut deliveries = Vec::new();
+    for (topic, partitions) in [(&a, 3), (&b, 1)] {
+        for p in 0..partitions {
+            for i in 0..5 {
+                let record = ProducerRecord::new(topic.as_str(), format!("{topic}-{p}-{i}"))
+                    .with_partition(p);
+                deliveries.push(producer.send(record).await.expect("send"));
+            }
+        }
+    }
+    producer.flush().await.expect("flush");
+    for d in deliveries {
+        d.await.expect("delivered");
+    }
+
+    let fetcher = fetcher(&client, Isolation::ReadCommitted);
+    let wanted = vec![
+        (TopicPartition::new(a.as_str(), 0), 0),
+        (TopicPartition::new(b.as_str(), 0), 2),
+        (TopicPartition::new(a.as_str(), 2), 1),
+        (TopicPartition::new(a.as_str(), 1), 0),
+        // Listed twice, and a partition that does not exist.
+        (TopicPartition::new(a.as_str(), 0), 3),
+        (TopicPartition::new(a.as_str(), 9), 0),
+    ];
+    let results = fetcher.fetch_partitions(&wanted).await;
+    assert_eq!(results.len(), wanted.len());
+    for ((tp, offset), result) in wanted.iter().zip(&results) {
+        if tp.partition == 9 {
+            let err = result.as_ref().expect_err("partition 9 does not exist");
+            assert!(err.to_string().contains(&a), "{err}");
+            continue;
+        }
+        let fetched = result.as_ref().expect("fetched");
+        let want: Vec<String> = (*offset..5)
+            .map(|i| format!("{}-{}-{i}", tp.topic, tp.partition))
+            .collect();
+        assert_eq!(values(&fetched.records), want, "{tp} from {offset}");
+        assert_eq!(fetched.next_offset, 5, "{tp}");
+        assert_eq!(fetched.high_watermark, 5, "{tp}");
+    }
+}

@@ -14,21 +14,34 @@
 //! - a transactional data batch from an aborting producer is dropped;
 //! - the ABORT control marker of that producer ends its aborting state (a transaction may have
 //!   been aborted without any data batch, so the marker is what matters);
-//! - control batches never surface as records.
+//! - control batches never surface as records;
+//! - a batch the log cleaner of a compacted topic emptied (kept only because it holds a
+//!   producer's last sequence or epoch) has no records and, if it is a control batch, no marker:
+//!   it is skipped, and the fetch position still moves past it.
+//!
+//! Hostile or broken data is bounded twice: each compressed batch may decompress to at most
+//! [`FetchConfig::decompressed_bytes_max`], and all of one response's batches together to
+//! [`FetchConfig::response_decompressed_bytes_max`].
+//!
+//! [`Fetcher::fetch`] reads one partition; [`Fetcher::fetch_partitions`] reads several with one
+//! request per leader (<https://kafka.apache.org/protocol.html#The_Messages_Fetch>).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
 use bytes::Bytes;
 
 use crate::protocol::messages::kstr;
 use crate::protocol::messages::messages::fetch_request::{FetchPartition, FetchTopic};
-use crate::protocol::messages::messages::{BrokerId, FetchRequest, TopicName};
+use crate::protocol::messages::messages::fetch_response::PartitionData;
+use crate::protocol::messages::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use crate::protocol::record_batch::{
     decode_batches, BatchHeader, ControlRecordType, Record, RecordBatch,
 };
 
-use super::types::Isolation;
+use tokio::task::JoinSet;
+
+use super::types::{Isolation, TopicPartition};
 use super::{Client, ClientError};
 use crate::protocol::error_codes::codes;
 use crate::protocol::ProtocolError;
@@ -169,6 +182,91 @@ impl Fetcher {
             .await
     }
 
+    /// Fetches several partitions, one Fetch request per leader (requests to different leaders
+    /// run concurrently), and returns one result per entry of `wanted`, in its order.
+    ///
+    /// The compressed batches of one response share one decompression budget
+    /// ([`FetchConfig::response_decompressed_bytes_max`]). A partition the budget left no room
+    /// for, one whose part of the response is a retriable error (its leader moved, a
+    /// disconnect), and one listed twice are fetched again on their own with
+    /// [`fetch`](Self::fetch) and its retries, so every partition gets an answer.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: fetching has no side effects; dropping the future abandons its requests.
+    pub async fn fetch_partitions(
+        &self,
+        wanted: &[(TopicPartition, i64)],
+    ) -> Vec<Result<FetchedPartition, ClientError>> {
+        let mut results: Vec<Option<Result<FetchedPartition, ClientError>>> =
+            wanted.iter().map(|_| None).collect();
+        let mut by_leader: BTreeMap<i32, Vec<(usize, TopicPartition, i64)>> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for (i, (tp, offset)) in wanted.iter().enumerate() {
+            if !seen.insert(tp) {
+                continue;
+            }
+            if let Ok(leader) = self.client.leader(&tp.topic, tp.partition).await {
+                by_leader
+                    .entry(leader)
+                    .or_default()
+                    .push((i, tp.clone(), *offset));
+            }
+        }
+        let mut requests = JoinSet::new();
+        for (leader, partitions) in by_leader {
+            let this = self.clone();
+            requests.spawn(async move { this.fetch_from(leader, partitions).await });
+        }
+        while let Some(answered) = requests.join_next().await {
+            // A request task that failed leaves its partitions to the fallback below.
+            for (i, result) in answered.unwrap_or_default() {
+                results[i] = Some(result);
+            }
+        }
+        let mut out = Vec::with_capacity(wanted.len());
+        for ((tp, offset), result) in wanted.iter().zip(results) {
+            out.push(match result {
+                Some(result) => result,
+                None => self.fetch(&tp.topic, tp.partition, *offset).await,
+            });
+        }
+        out
+    }
+
+    /// One Fetch request to `leader` for `partitions` (index in the caller's list, partition,
+    /// offset). Returns the results that are final; the others are left to the caller's
+    /// fallback (see [`fetch_partitions`](Self::fetch_partitions)).
+    async fn fetch_from(
+        &self,
+        leader: i32,
+        partitions: Vec<(usize, TopicPartition, i64)>,
+    ) -> Vec<(usize, Result<FetchedPartition, ClientError>)> {
+        let Ok(conn) = self.client.broker(leader).await else {
+            return Vec::new();
+        };
+        let wanted: Vec<(&TopicPartition, i64)> =
+            partitions.iter().map(|(_, tp, o)| (tp, *o)).collect();
+        let Ok(mut response) = conn.request(&fetch_request(&self.config, &wanted)).await else {
+            return Vec::new();
+        };
+        if response.error_code != 0 {
+            return Vec::new();
+        }
+        let budget_max = self.config.response_decompressed_bytes_max;
+        let mut budget_bytes = budget_max;
+        let mut out = Vec::new();
+        for (i, tp, offset) in &partitions {
+            let full_budget = budget_bytes == budget_max;
+            let data = take_partition(&mut response, tp);
+            match self.partition_result(tp, *offset, data, &mut budget_bytes) {
+                Err(e) if e.is_retriable() => {}
+                Err(ClientError::ResponseDecompressedTooLarge { .. }) if !full_budget => {}
+                result => out.push((*i, result)),
+            }
+        }
+        out
+    }
+
     async fn fetch_once(
         &self,
         topic: &str,
@@ -177,38 +275,34 @@ impl Fetcher {
     ) -> Result<FetchedPartition, ClientError> {
         let leader = self.client.leader(topic, partition).await?;
         let conn = self.client.broker(leader).await?;
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(self.config.max_wait_ms)
-            .with_min_bytes(self.config.min_bytes)
-            .with_max_bytes(self.config.max_bytes)
-            .with_isolation_level(self.config.isolation.wire())
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(kstr(topic)))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_current_leader_epoch(-1)
-                    .with_fetch_offset(offset)
-                    .with_last_fetched_epoch(-1)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(self.config.partition_max_bytes)])]);
-        let response = conn.request(&request).await?;
+        let tp = TopicPartition::new(topic, partition);
+        let mut response = conn
+            .request(&fetch_request(&self.config, &[(&tp, offset)]))
+            .await?;
         if response.error_code != 0 {
             return Err(
                 ClientError::broker("Fetch", response.error_code).at(topic, Some(partition))
             );
         }
-        let data = response
-            .responses
-            .into_iter()
-            .flat_map(|t| t.partitions.into_iter())
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| {
-                ClientError::broker("Fetch", codes::UNKNOWN_TOPIC_OR_PARTITION)
-                    .at(topic, Some(partition))
-            })?;
+        let mut budget_bytes = self.config.response_decompressed_bytes_max;
+        let data = take_partition(&mut response, &tp);
+        self.partition_result(&tp, offset, data, &mut budget_bytes)
+    }
+
+    /// Interprets one partition's part of a Fetch response fetched at `offset`; `budget_bytes`
+    /// is what is left of the response's decompression budget.
+    fn partition_result(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        data: Option<PartitionData>,
+        budget_bytes: &mut usize,
+    ) -> Result<FetchedPartition, ClientError> {
+        let (topic, partition) = (tp.topic.as_str(), tp.partition);
+        let data = data.ok_or_else(|| {
+            ClientError::broker("Fetch", codes::UNKNOWN_TOPIC_OR_PARTITION)
+                .at(topic, Some(partition))
+        })?;
         match data.error_code {
             0 => {}
             codes::OFFSET_OUT_OF_RANGE => {
@@ -229,17 +323,23 @@ impl Fetcher {
                 .collect(),
             Isolation::ReadUncommitted => Vec::new(),
         };
-        let (records, next_offset) = self
-            .decode(data.records.unwrap_or_default(), offset, aborted)
-            .map_err(|source| {
-                decode_error(
-                    topic,
-                    partition,
-                    offset,
-                    self.config.response_decompressed_bytes_max,
-                    source,
-                )
-            })?;
+        let (records, next_offset) = decode_partition(
+            data.records.unwrap_or_default(),
+            offset,
+            self.config.isolation,
+            aborted,
+            self.config.decompressed_bytes_max,
+            budget_bytes,
+        )
+        .map_err(|source| {
+            decode_error(
+                topic,
+                partition,
+                offset,
+                self.config.response_decompressed_bytes_max,
+                source,
+            )
+        })?;
         Ok(FetchedPartition {
             records,
             next_offset,
@@ -248,23 +348,49 @@ impl Fetcher {
             log_start_offset: data.log_start_offset,
         })
     }
+}
 
-    fn decode(
-        &self,
-        data: Bytes,
-        offset: i64,
-        aborted: Vec<(i64, i64)>,
-    ) -> Result<(Vec<Record>, i64), ProtocolError> {
-        let mut budget_bytes = self.config.response_decompressed_bytes_max;
-        decode_partition(
-            data,
-            offset,
-            self.config.isolation,
-            aborted,
-            self.config.decompressed_bytes_max,
-            &mut budget_bytes,
-        )
+/// A Fetch request for `wanted` (partition, offset), partitions grouped by topic. Sessions
+/// (KIP-227) are not used: every request is a full one.
+fn fetch_request(config: &FetchConfig, wanted: &[(&TopicPartition, i64)]) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (tp, offset) in wanted {
+        let partition = FetchPartition::default()
+            .with_partition(tp.partition)
+            .with_current_leader_epoch(-1)
+            .with_fetch_offset(*offset)
+            .with_last_fetched_epoch(-1)
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(config.partition_max_bytes);
+        match topics.iter_mut().find(|t| t.topic.0.as_str() == tp.topic) {
+            Some(topic) => topic.partitions.push(partition),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(TopicName(kstr(&tp.topic)))
+                    .with_partitions(vec![partition]),
+            ),
+        }
     }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(config.max_wait_ms)
+        .with_min_bytes(config.min_bytes)
+        .with_max_bytes(config.max_bytes)
+        .with_isolation_level(config.isolation.wire())
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(topics)
+}
+
+/// Takes `tp`'s part out of a Fetch response (`None` if the broker left it out).
+fn take_partition(response: &mut FetchResponse, tp: &TopicPartition) -> Option<PartitionData> {
+    response
+        .responses
+        .iter_mut()
+        .filter(|t| t.topic.0.as_str() == tp.topic)
+        .flat_map(|t| t.partitions.iter_mut())
+        .find(|p| p.partition_index == tp.partition)
+        .map(std::mem::take)
 }
 
 /// The client error for a record set of `topic`/`partition` fetched at `offset` that could not
@@ -587,6 +713,33 @@ mod tests {
             "t/3 at offset 0: the batch there decompresses to more than the 1000 bytes a fetch \
              response may decompress to (FetchConfig::response_decompressed_bytes_max)"
         );
+    }
+
+    #[test]
+    fn one_request_groups_partitions_by_topic() {
+        let (a0, b0, a2) = (
+            TopicPartition::new("a", 0),
+            TopicPartition::new("b", 0),
+            TopicPartition::new("a", 2),
+        );
+        let request = fetch_request(&FetchConfig::default(), &[(&a0, 5), (&b0, 7), (&a2, 9)]);
+        let got: Vec<(String, Vec<(i32, i64)>)> = request
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t.partitions.iter();
+                let partitions = partitions.map(|p| (p.partition, p.fetch_offset)).collect();
+                (t.topic.0.to_string(), partitions)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), vec![(0, 5), (2, 9)]),
+                ("b".to_owned(), vec![(0, 7)])
+            ]
+        );
+        assert_eq!(request.isolation_level, 1);
     }
 
     #[test]
