@@ -6,8 +6,9 @@ use std::sync::OnceLock;
 
 use exactly::client::admin::{Admin, Isolation};
 use exactly::client::fetcher::{FetchConfig, Fetcher};
+use exactly::client::reader::PartitionReader;
+use exactly::client::types::{Record, TopicPartition};
 use exactly::client::{Client, ClientConfig};
-use exactly::protocol::record_batch::Record;
 
 /// The environment variable naming an already running broker (comma-separated host:port).
 pub const BROKERS_ENV: &str = "EXACTLY_TEST_BROKERS";
@@ -179,7 +180,8 @@ pub fn run_java(class: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Reads `topic`/`partition` from offset 0 up to the high watermark.
+/// Reads `topic`/`partition` from offset 0 to its end (the last stable offset under
+/// read_committed, the high watermark otherwise), with the library's [`PartitionReader`].
 pub async fn read_all(
     client: &Client,
     topic: &str,
@@ -194,23 +196,10 @@ pub async fn read_all(
             ..FetchConfig::default()
         },
     );
-    let mut records = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetched = fetcher
-            .fetch(topic, partition, offset)
-            .await
-            .expect("fetch");
-        records.extend(fetched.records);
-        offset = fetched.next_offset;
-        let end = match isolation {
-            Isolation::ReadCommitted => fetched.last_stable_offset,
-            Isolation::ReadUncommitted => fetched.high_watermark,
-        };
-        if offset >= end {
-            return records;
-        }
-    }
+    PartitionReader::at(fetcher, TopicPartition::new(topic, partition), 0)
+        .read_to_end()
+        .await
+        .unwrap_or_else(|e| panic!("reading {topic}/{partition} to its end: {e}"))
 }
 
 /// The partition's last stable offset and high watermark.

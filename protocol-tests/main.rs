@@ -7,8 +7,10 @@
 mod common;
 
 mod admin;
+mod compacted;
 mod interop;
 mod produce_fetch;
+mod reader;
 mod transactions;
 mod transactions_java;
 mod versions;

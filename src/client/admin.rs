@@ -20,58 +20,9 @@ use crate::protocol::messages::messages::{
 
 use super::{Client, ClientError};
 
-/// Which offset ListOffsets should return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OffsetSpec {
-    /// The log start offset.
-    Earliest,
-    /// The log end offset (high watermark), or the last stable offset under `read_committed`.
-    Latest,
-    /// The first offset whose timestamp is at or after this one (ms since the epoch).
-    Timestamp(i64),
-}
-
-impl OffsetSpec {
-    fn wire(self) -> i64 {
-        match self {
-            Self::Earliest => -2,
-            Self::Latest => -1,
-            Self::Timestamp(ts) => ts,
-        }
-    }
-}
-
-/// Read isolation (KIP-98): whether a reader sees records of open and aborted transactions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Isolation {
-    /// Everything up to the high watermark, including aborted and open transactions.
-    ReadUncommitted,
-    /// Only committed data, up to the last stable offset.
-    #[default]
-    ReadCommitted,
-}
-
-impl Isolation {
-    pub(crate) fn wire(self) -> i8 {
-        match self {
-            Self::ReadUncommitted => 0,
-            Self::ReadCommitted => 1,
-        }
-    }
-}
-
-impl std::str::FromStr for Isolation {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "read_committed" => Ok(Self::ReadCommitted),
-            "read_uncommitted" => Ok(Self::ReadUncommitted),
-            other => Err(format!(
-                "unknown isolation level {other:?} (read_committed or read_uncommitted)"
-            )),
-        }
-    }
-}
+use super::types::OffsetLookup;
+/// The shared vocabulary, re-exported where it used to live.
+pub use super::types::{Isolation, OffsetSpec};
 
 /// The kind of resource DescribeConfigs looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +169,8 @@ impl Admin {
         Ok(())
     }
 
-    /// The offset `spec` names in `topic`/`partition`, as seen with `isolation`.
+    /// The offset `spec` names in `topic`/`partition`, as seen with `isolation`
+    /// ([`OffsetSpec::Offset`] names itself: the broker is not asked).
     ///
     /// # Cancel safety
     /// Cancel safe.
@@ -229,9 +181,13 @@ impl Admin {
         spec: OffsetSpec,
         isolation: Isolation,
     ) -> Result<i64, ClientError> {
+        let timestamp = match spec.lookup() {
+            OffsetLookup::Known(offset) => return Ok(offset),
+            OffsetLookup::Ask { timestamp } => timestamp,
+        };
         self.client
             .with_retries(topic, || {
-                self.list_offset_once(topic, partition, spec, isolation)
+                self.list_offset_once(topic, partition, timestamp, isolation)
             })
             .await
     }
@@ -240,7 +196,7 @@ impl Admin {
         &self,
         topic: &str,
         partition: i32,
-        spec: OffsetSpec,
+        timestamp: i64,
         isolation: Isolation,
     ) -> Result<i64, ClientError> {
         let leader = self.client.leader(topic, partition).await?;
@@ -253,7 +209,7 @@ impl Admin {
                 .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(partition)
                     .with_current_leader_epoch(-1)
-                    .with_timestamp(spec.wire())])]);
+                    .with_timestamp(timestamp)])]);
         let response = conn.request(&request).await?;
         let p = response
             .topics

@@ -83,6 +83,19 @@ pub enum ClientError {
         /// The decoding error.
         source: ProtocolError,
     },
+    /// One batch at the fetch position decompresses to more than the fetcher's budget for a
+    /// whole fetch response, so the fetch cannot make progress.
+    #[error("{topic}/{partition} at offset {offset}: the batch there decompresses to more than the {limit_bytes} bytes a fetch response may decompress to (FetchConfig::response_decompressed_bytes_max)")]
+    ResponseDecompressedTooLarge {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The fetch offset.
+        offset: i64,
+        /// The configured limit.
+        limit_bytes: usize,
+    },
     /// A request could not be encoded (e.g. a record is malformed).
     #[error(transparent)]
     Encode(#[from] ProtocolError),

@@ -1,5 +1,6 @@
 //! The cluster client: bootstrap, metadata, one connection per broker, and the clients built on
-//! them ([`admin`], [`producer`], [`fetcher`]).
+//! them ([`admin`], [`producer`], [`fetcher`], [`reader`]), and the vocabulary they share
+//! ([`types`]).
 //!
 //! Metadata (<https://kafka.apache.org/protocol.html#The_Messages_Metadata>) tells which broker
 //! leads each partition. We cache it and refresh it when an error says it is stale
@@ -13,8 +14,10 @@ pub(crate) mod fake_cluster;
 pub mod fetcher;
 pub mod partitioner;
 pub mod producer;
+pub mod reader;
 pub mod retry;
 pub mod transaction;
+pub mod types;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;

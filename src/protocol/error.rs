@@ -77,6 +77,17 @@ pub enum ProtocolError {
         /// The configured maximum.
         limit: usize,
     },
+    /// Decompressing the next batch would exceed what is left of the decompression budget of
+    /// the whole record set (see [`BatchIter::with_decompressed_budget`]).
+    ///
+    /// [`BatchIter::with_decompressed_budget`]: super::record_batch::BatchIter::with_decompressed_budget
+    #[error("decompressing the batch at offset {base_offset} would exceed the {remaining} bytes left of the decompression budget")]
+    DecompressedBudgetExceeded {
+        /// Offset of the batch that did not fit.
+        base_offset: i64,
+        /// Bytes of the budget left before that batch.
+        remaining: usize,
+    },
     /// The compression codec id in the batch attributes is not one Kafka defines.
     #[error("unknown compression codec id {id}")]
     UnknownCompression {

@@ -319,19 +319,21 @@ impl RecordBatch {
         }
     }
 
-    /// For a control batch, the type of its (single) control record.
+    /// For a control batch, the type of its (single) control record; `None` for a data batch and
+    /// for a control batch without records.
+    ///
+    /// The log cleaner of a compacted topic removes a transaction marker once the transaction's
+    /// data is gone and `delete.retention.ms` has passed, but keeps the batch, emptied, when it
+    /// carries the producer's latest epoch (the producer state must survive a reload of the log).
+    /// Such a batch is no marker: Kafka's Java consumer reads it as "no abort marker" and moves
+    /// past it, and so do we.
     pub fn control_type(&self) -> Result<Option<ControlRecordType>, ProtocolError> {
         if !self.header.is_control {
             return Ok(None);
         }
-        let record =
-            self.records()
-                .next()
-                .transpose()?
-                .ok_or_else(|| ProtocolError::CorruptBatch {
-                    position: 0,
-                    what: "control batch without a record".into(),
-                })?;
+        let Some(record) = self.records().next().transpose()? else {
+            return Ok(None);
+        };
         let key = record.key.unwrap_or_default();
         let Some(kind) = key.get(2..4) else {
             return Err(ProtocolError::CorruptBatch {
@@ -347,12 +349,16 @@ impl RecordBatch {
     }
 }
 
-/// Decodes the batches in `data` (a Fetch response's `records`), in order.
+/// Decodes the batches in `data` (a Fetch response's `records`), in order. No batch may
+/// decompress to more than `decompressed_bytes_max` bytes; see
+/// [`BatchIter::with_decompressed_budget`] for a limit on all of them together.
 pub fn decode_batches(data: Bytes, decompressed_bytes_max: usize) -> BatchIter {
     BatchIter {
         data,
         pos: 0,
         decompressed_bytes_max,
+        budget_bytes: usize::MAX,
+        decompressed_bytes: 0,
         done: false,
     }
 }
@@ -363,7 +369,28 @@ pub struct BatchIter {
     data: Bytes,
     pos: usize,
     decompressed_bytes_max: usize,
+    /// Decompressed bytes the remaining batches may produce together.
+    budget_bytes: usize,
+    /// Decompressed bytes produced so far.
+    decompressed_bytes: usize,
     done: bool,
+}
+
+impl BatchIter {
+    /// Limits the bytes all compressed batches together may decompress to (a per-batch limit
+    /// alone lets a response of many small bombs through). A batch that would go over the budget
+    /// ends iteration with [`ProtocolError::DecompressedBudgetExceeded`], before anything of it is
+    /// returned; the batches before it are complete. Uncompressed batches are slices of `data`
+    /// and do not count.
+    pub fn with_decompressed_budget(mut self, budget_bytes: usize) -> Self {
+        self.budget_bytes = budget_bytes;
+        self
+    }
+
+    /// Bytes decompressed so far (to carry a budget over to the next record set).
+    pub fn decompressed_bytes(&self) -> usize {
+        self.decompressed_bytes
+    }
 }
 
 fn be_i16(b: &[u8], at: usize) -> i16 {
@@ -440,7 +467,23 @@ impl BatchIter {
         let end = self.pos + total;
         let records = match header.compression {
             Compression::None => self.data.slice(start..end),
-            codec => decompress(codec, &self.data[start..end], self.decompressed_bytes_max)?,
+            codec => {
+                let remaining = self.budget_bytes.saturating_sub(self.decompressed_bytes);
+                if remaining < self.decompressed_bytes_max {
+                    // The budget, not the batch limit, binds: say so when it is hit.
+                    match decompress(codec, &self.data[start..end], remaining) {
+                        Err(ProtocolError::DecompressedTooLarge { .. }) => {
+                            return Err(ProtocolError::DecompressedBudgetExceeded {
+                                base_offset: header.base_offset,
+                                remaining,
+                            })
+                        }
+                        other => other?,
+                    }
+                } else {
+                    decompress(codec, &self.data[start..end], self.decompressed_bytes_max)?
+                }
+            }
         };
         let count = usize::try_from(header.record_count)
             .map_err(|_| corrupt(57, format!("negative record count {}", header.record_count)))?;
@@ -449,6 +492,9 @@ impl BatchIter {
                 57,
                 format!("record count {count} cannot fit in {} bytes", records.len()),
             ));
+        }
+        if header.compression != Compression::None {
+            self.decompressed_bytes = self.decompressed_bytes.saturating_add(records.len());
         }
         self.pos += total;
         Ok(Some(RecordBatch { header, records }))
@@ -747,6 +793,52 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(batch.control_type().unwrap(), Some(want));
+        }
+    }
+
+    #[test]
+    fn empty_batches_left_by_the_log_cleaner() {
+        // Recorded from Kafka 4.1.1 after its log cleaner ran (fixtures/README.md).
+        let cases: [(&[u8], bool, bool, i64, i64); 3] = [
+            (
+                include_bytes!("../../fixtures/empty-data-batch.bin"),
+                false,
+                false,
+                0,
+                3,
+            ),
+            (
+                include_bytes!("../../fixtures/empty-control-batch.bin"),
+                true,
+                true,
+                13,
+                13,
+            ),
+            (
+                include_bytes!("../../fixtures/empty-transactional-data-batch.bin"),
+                false,
+                true,
+                129,
+                132,
+            ),
+        ];
+        for (bytes, control, transactional, base, last) in cases {
+            let batches: Vec<_> = decode_batches(Bytes::from_static(bytes), 1 << 20)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(batches.len(), 1);
+            let h = batches[0].header;
+            assert_eq!((h.is_control, h.is_transactional), (control, transactional));
+            assert_eq!(
+                (h.base_offset, h.last_offset(), h.record_count),
+                (base, last, 0)
+            );
+            assert_eq!(batches[0].records().count(), 0);
+            assert_eq!(
+                batches[0].control_type(),
+                Ok(None),
+                "an emptied marker is no marker"
+            );
         }
     }
 

@@ -4,10 +4,10 @@ use std::io::Write;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use exactly::client::admin::{Admin, Isolation, OffsetSpec};
 use exactly::client::fetcher::{FetchConfig, Fetcher};
+use exactly::client::reader::PartitionReader;
+use exactly::client::types::{Isolation, OffsetSpec, Record, TopicPartition};
 use exactly::client::Client;
-use exactly::protocol::record_batch::Record;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum Format {
@@ -56,26 +56,14 @@ pub(crate) async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()>
         ),
         None => (0..info.partitions.len() as i32).collect(),
     };
-    let admin = Admin::new(client.clone());
-    let mut offsets = Vec::new();
-    for &p in &partitions {
-        let offset = match args.from.as_str() {
-            "beginning" => {
-                admin
-                    .list_offset(&args.topic, p, OffsetSpec::Earliest, args.isolation)
-                    .await?
-            }
-            "end" => {
-                admin
-                    .list_offset(&args.topic, p, OffsetSpec::Latest, args.isolation)
-                    .await?
-            }
-            n => n.parse::<i64>().with_context(|| {
+    let start =
+        match args.from.as_str() {
+            "beginning" => OffsetSpec::Earliest,
+            "end" => OffsetSpec::Latest,
+            n => OffsetSpec::Offset(n.parse::<i64>().with_context(|| {
                 format!("--from must be beginning, end or an offset, got {n:?}")
-            })?,
+            })?),
         };
-        offsets.push(offset);
-    }
     let fetcher = Fetcher::new(
         client,
         FetchConfig {
@@ -84,29 +72,26 @@ pub(crate) async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()>
             ..FetchConfig::default()
         },
     );
+    let mut readers = Vec::new();
+    for &p in &partitions {
+        let partition = TopicPartition::new(args.topic.as_str(), p);
+        readers.push(PartitionReader::new(fetcher.clone(), partition, start).await?);
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
     let limit = args.count.unwrap_or(u64::MAX);
     loop {
         let mut all_at_end = true;
-        for (i, &p) in partitions.iter().enumerate() {
-            let fetched = fetcher.fetch(&args.topic, p, offsets[i]).await?;
-            for record in &fetched.records {
+        for reader in &mut readers {
+            for record in &reader.poll().await? {
                 if printed >= limit {
                     break;
                 }
-                print_record(&mut out, args.format, p, record)?;
+                print_record(&mut out, args.format, reader.partition().partition, record)?;
                 printed += 1;
             }
-            offsets[i] = fetched.next_offset;
-            let end = match args.isolation {
-                Isolation::ReadCommitted if fetched.last_stable_offset >= 0 => {
-                    fetched.last_stable_offset
-                }
-                _ => fetched.high_watermark,
-            };
-            all_at_end &= offsets[i] >= end;
+            all_at_end &= reader.at_end();
         }
         out.flush()?;
         if printed >= limit || (args.exit_at_end && all_at_end) {

@@ -5,9 +5,11 @@ use std::collections::BTreeSet;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use exactly::client::admin::{Admin, Isolation, OffsetSpec};
+use exactly::client::admin::Admin;
 use exactly::client::fetcher::{FetchConfig, Fetcher};
 use exactly::client::producer::{Producer, ProducerConfig, ProducerRecord};
+use exactly::client::reader::PartitionReader;
+use exactly::client::types::{Isolation, OffsetSpec, TopicPartition};
 use exactly::client::{Client, ClientError};
 use exactly::protocol::error_codes::codes;
 
@@ -32,13 +34,18 @@ pub(crate) async fn run(client: Client, args: DemoArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("cannot create the demo topic"),
     }
     let info = client.topic(&args.topic).await?;
-    let mut start = Vec::new();
+    // Readers positioned at the end of each partition (read_committed) before this run writes.
+    let fetcher = Fetcher::new(
+        client.clone(),
+        FetchConfig {
+            isolation: Isolation::ReadCommitted,
+            ..FetchConfig::default()
+        },
+    );
+    let mut readers = Vec::new();
     for p in 0..info.partitions.len() as i32 {
-        start.push(
-            admin
-                .list_offset(&args.topic, p, OffsetSpec::Latest, Isolation::ReadCommitted)
-                .await?,
-        );
+        let partition = TopicPartition::new(args.topic.as_str(), p);
+        readers.push(PartitionReader::new(fetcher.clone(), partition, OffsetSpec::Latest).await?);
     }
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -63,35 +70,21 @@ pub(crate) async fn run(client: Client, args: DemoArgs) -> anyhow::Result<()> {
         args.records as f64 / produce_s
     );
 
-    let fetcher = Fetcher::new(client, FetchConfig::default());
     let prefix = format!("run-{run_id}-");
     let mut seen = BTreeSet::new();
     let mut duplicates = 0u64;
-    for (p, &from) in start.iter().enumerate() {
-        let end = admin
-            .list_offset(
-                &args.topic,
-                p as i32,
-                OffsetSpec::Latest,
-                Isolation::ReadCommitted,
-            )
-            .await?;
-        let mut offset = from;
-        while offset < end {
-            let fetched = fetcher.fetch(&args.topic, p as i32, offset).await?;
-            for r in &fetched.records {
-                let value =
-                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
-                if let Some(n) = value
-                    .strip_prefix(&prefix)
-                    .and_then(|s| s.strip_prefix("record-"))
-                {
-                    if !seen.insert(n.parse::<u64>()?) {
-                        duplicates += 1;
-                    }
+    for reader in &mut readers {
+        for r in reader.read_to_end().await? {
+            let value =
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+            if let Some(n) = value
+                .strip_prefix(&prefix)
+                .and_then(|s| s.strip_prefix("record-"))
+            {
+                if !seen.insert(n.parse::<u64>()?) {
+                    duplicates += 1;
                 }
             }
-            offset = fetched.next_offset;
         }
     }
     println!(
