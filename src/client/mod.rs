@@ -8,6 +8,8 @@
 
 pub mod admin;
 mod error;
+#[cfg(test)]
+mod fake_cluster;
 pub mod fetcher;
 pub mod partitioner;
 pub mod producer;

@@ -940,6 +940,10 @@ fn seq_before(a: i32, b: i32) -> bool {
 }
 
 #[cfg(test)]
+#[path = "producer_fake_tests.rs"]
+mod fake_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
