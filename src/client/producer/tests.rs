@@ -62,3 +62,42 @@ async fn partitions_on_two_brokers_get_ordered_offsets_and_sequences() {
         assert_eq!(expected_sequence, 10);
     }
 }
+
+/// Finding 7: a leader that accepts connections but never answers must not hold up partitions
+/// led by a healthy broker. Partition 1's leader is silent; partition 0's record, sent after
+/// partition 1's, is acknowledged while partition 1's is still pending. The connect timeout is
+/// far beyond the test's bound, so a sender that waits for the silent broker fails the test.
+#[tokio::test]
+async fn a_silent_leader_does_not_stall_partitions_on_other_brokers() {
+    let cluster = FakeCluster::start(2).await;
+    cluster.add_topic("t", &[1, 2]);
+    cluster.silence(2);
+    let producer = producer(client(&cluster, 120_000).await);
+    let mut stuck = producer
+        .send(ProducerRecord::new("t", "to the silent leader").with_partition(1))
+        .await
+        .expect("send");
+    // Wait until the sender is connecting to the silent broker.
+    for _ in 0..1000 {
+        if cluster.accepted(2) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cluster.accepted(2) > 0, "the producer connects to broker 2");
+    let healthy = producer
+        .send(ProducerRecord::new("t", "to the healthy leader").with_partition(0))
+        .await
+        .expect("send");
+    let meta = tokio::time::timeout(Duration::from_secs(20), healthy)
+        .await
+        .expect("partition 0 is not held up by partition 1's silent leader")
+        .expect("delivered");
+    assert_eq!((meta.partition, meta.offset), (0, 0));
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut stuck)
+            .await
+            .is_err(),
+        "partition 1's record is still pending"
+    );
+}
