@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod interop;
 mod produce_fetch;
+mod producer_limits;
 mod transactions;
 mod transactions_java;
 mod versions;

@@ -347,6 +347,7 @@ impl Accumulator {
             codes::OUT_OF_ORDER_SEQUENCE_NUMBER if next_acked != batch.base_sequence => {
                 self.requeue(batch, &error, now)
             }
+            codes::MESSAGE_TOO_LARGE if self.fatal.is_none() => self.too_large(batch, error, now),
             _ => match error.class() {
                 Class::Retriable | Class::UnknownOutcome => self.requeue(batch, &error, now),
                 _ => {
@@ -432,7 +433,6 @@ impl Accumulator {
         }
     }
 
-    #[allow(dead_code)] // wired up in the next commit
     /// MESSAGE_TOO_LARGE: split a batch of several records in place; fail a single record.
     fn too_large(&mut self, batch: Batch, error: ClientError, now: Instant) {
         if batch.record_count() > 1 {

@@ -278,3 +278,109 @@ fn an_undelivered_batch_times_out_and_stops_the_producer() {
     );
     assert_eq!(f.acc.fatal(), Some(error));
 }
+
+/// Appends `values` as one batch and drains it.
+fn one_batch(
+    f: &mut Fixture,
+    values: &[&str],
+    ms: u64,
+) -> (Batch, Vec<oneshot::Receiver<Delivery>>) {
+    let rx = values.iter().map(|v| f.append(0, v, ms)).collect();
+    f.acc.request_flush();
+    let mut batches = f.drain(ms);
+    f.acc.flush_done();
+    assert_eq!(batches.len(), 1);
+    (batches.remove(0), rx)
+}
+
+#[test]
+fn message_too_large_splits_the_batch_in_halves_that_keep_its_sequences() {
+    let mut f = fixture(config(), false);
+    let (batch, mut rx) = one_batch(&mut f, &["a", "b", "c", "d", "e"], 0);
+    f.answer(batch, codes::MESSAGE_TOO_LARGE, -1, 0);
+    assert!(f.acc.fatal().is_none(), "not fatal: split and retried");
+    let first = f.drain(1_000);
+    assert_eq!(first.len(), 1, "one half at a time");
+    assert_eq!(
+        contents(&first[0]),
+        (0, vec!["a".to_owned(), "b".to_owned()])
+    );
+    for batch in first {
+        f.answer(batch, codes::NONE, 0, 1_000);
+    }
+    let second = f.drain(2_000);
+    assert_eq!(
+        contents(&second[0]),
+        (2, vec!["c".to_owned(), "d".to_owned(), "e".to_owned()])
+    );
+    for batch in second {
+        f.answer(batch, codes::NONE, 2, 2_000);
+    }
+    let offsets: Vec<_> = rx.iter_mut().map(offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4].map(Some));
+    assert_eq!(f.acc.outstanding_records(), 0);
+}
+
+#[test]
+fn a_single_record_too_large_fails_alone_and_later_sequences_move_down() {
+    let mut f = fixture(config(), false);
+    let (first, _) = one_batch(&mut f, &["a"], 0);
+    f.answer(first, codes::NONE, 0, 0);
+    // Three batches in flight at once: sequences 1 (too large), 2 and 3; one more queued (4).
+    let (big, mut big_rx) = one_batch(&mut f, &["big"], 0);
+    let (b, mut b_rx) = one_batch(&mut f, &["b"], 0);
+    let (c, _) = one_batch(&mut f, &["c"], 0);
+    assert_eq!(
+        [big.base_sequence, b.base_sequence, c.base_sequence],
+        [1, 2, 3]
+    );
+    let _d = f.append(0, "d", 0);
+    f.acc.request_flush();
+    let d = f.drain(0);
+    assert_eq!(d[0].base_sequence, 4);
+    f.answer(big, codes::MESSAGE_TOO_LARGE, -1, 0);
+    let error = big_rx[0].try_recv().unwrap().unwrap_err();
+    assert!(error.to_string().contains("MESSAGE_TOO_LARGE"), "{error}");
+    // The broker wrote nothing, so it rejects the batches behind as out of order.
+    f.answer(b, codes::OUT_OF_ORDER_SEQUENCE_NUMBER, -1, 0);
+    f.answer(c, codes::OUT_OF_ORDER_SEQUENCE_NUMBER, -1, 0);
+    for batch in d {
+        f.answer(batch, codes::OUT_OF_ORDER_SEQUENCE_NUMBER, -1, 0);
+    }
+    assert!(f.acc.fatal().is_none(), "the producer goes on");
+    let mut sequences = Vec::new();
+    for round in 1..=3u64 {
+        let batches = f.drain(round * 1_000);
+        assert_eq!(batches.len(), 1, "one at a time while retrying");
+        for batch in batches {
+            sequences.push(contents(&batch));
+            let offset = i64::from(batch.base_sequence);
+            f.answer(batch, codes::NONE, offset, round * 1_000);
+        }
+    }
+    assert_eq!(
+        sequences,
+        vec![
+            (1, vec!["b".to_owned()]),
+            (2, vec!["c".to_owned()]),
+            (3, vec!["d".to_owned()])
+        ],
+        "re-stamped one lower, in order"
+    );
+    assert_eq!(offset(&mut b_rx[0]), Some(1));
+    let (e, _) = one_batch(&mut f, &["e"], 5_000);
+    assert_eq!(e.base_sequence, 4, "new batches continue without a gap");
+}
+
+#[test]
+fn a_transactional_record_too_large_stops_the_producer() {
+    let mut f = fixture(config(), true);
+    let (big, mut rx) = one_batch(&mut f, &["big"], 0);
+    f.answer(big, codes::MESSAGE_TOO_LARGE, -1, 0);
+    let error = rx[0].try_recv().unwrap().unwrap_err();
+    assert_eq!(
+        f.acc.fatal(),
+        Some(error),
+        "its transaction must not commit without it"
+    );
+}
