@@ -7,8 +7,6 @@
 //! [`silent`](FakeCluster::silence): it accepts connections and never answers anything, like a
 //! leader that hangs. The real broker stays the judge of the common paths.
 
-// A toolbox for client tests: not every test uses every helper.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +50,7 @@ pub(crate) enum FakeReply {
     /// This encoded response body.
     Body(BytesMut),
     /// Nothing (the request hangs until the client gives up).
+    #[allow(dead_code)] // for tests of lost answers (e.g. a lost EndTxn response)
     Silent,
     /// Fall through to the default handler.
     Default,

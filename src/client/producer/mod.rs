@@ -8,10 +8,10 @@
 //! (`in_flight_per_partition_max`).
 //!
 //! The producer is in two parts, as franz-go's `producer.go` and `sink.go` are:
-//! - [`accumulator`]: pure state — records into per-partition batches, sequencing, linger and
+//! - `accumulator`: pure state — records into per-partition batches, sequencing, linger and
 //!   size limits, what may be sent now, and what each answer means (retry in sequence order,
 //!   split on MESSAGE_TOO_LARGE, or stop). Unit-tested without a socket.
-//! - [`sender`]: the I/O — a dispatcher that drains the accumulator, and one task per broker that
+//! - `sender`: the I/O — a dispatcher that drains the accumulator, and one task per broker that
 //!   connects and writes produce requests in order, so a slow or dead broker holds up only the
 //!   partitions it leads.
 //!

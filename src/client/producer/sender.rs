@@ -4,7 +4,7 @@
 //! Why one task per broker: connecting to a leader can take up to the connect timeout times the
 //! retry deadline (a dead or hung broker), and enqueueing on a connection waits for its in-flight
 //! slots. With a single sender loop that waits inline, one such broker stalls every partition
-//! (issue 6, finding 7). Here the dispatcher only drains the [`Accumulator`] and hands each
+//! (issue 6, finding 7). Here the dispatcher only drains the `Accumulator` and hands each
 //! leader's batches to that leader's task; a slow broker holds up only the partitions it leads.
 //! Metadata refreshes run in a task of their own for the same reason.
 //!

@@ -101,3 +101,55 @@ async fn a_silent_leader_does_not_stall_partitions_on_other_brokers() {
         "partition 1's record is still pending"
     );
 }
+
+/// A retriable answer (NOT_LEADER_OR_FOLLOWER) sends the batch again, after a metadata refresh,
+/// with the same sequence; its records are acknowledged once.
+#[tokio::test]
+async fn a_batch_refused_by_a_stale_leader_is_resent_with_its_sequence() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use kafka_protocol::messages::produce_response::{
+        PartitionProduceResponse, TopicProduceResponse,
+    };
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+
+    use crate::client::fake_cluster::{FakeReply, FakeRequest};
+    use crate::protocol::error_codes::codes;
+
+    let cluster = FakeCluster::start(1).await;
+    cluster.add_topic("t", &[1]);
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&refused);
+    cluster.control(ApiKey::Produce, move |request: &FakeRequest| {
+        if counter.fetch_add(1, Ordering::SeqCst) > 0 {
+            return FakeReply::Default;
+        }
+        let produce: ProduceRequest = request.decode();
+        let topic = &produce.topic_data[0];
+        let answer =
+            ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(vec![PartitionProduceResponse::default()
+                    .with_index(topic.partition_data[0].index)
+                    .with_error_code(codes::NOT_LEADER_OR_FOLLOWER)])]);
+        FakeReply::of(request, &answer)
+    });
+    let producer = producer(client(&cluster, 10_000).await);
+    let mut deliveries = Vec::new();
+    for i in 0..3 {
+        let record = ProducerRecord::new("t", format!("{i}")).with_partition(0);
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    producer.flush().await.expect("flush");
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        assert_eq!(delivery.await.expect("delivered").offset, i as i64);
+    }
+    assert!(
+        refused.load(Ordering::SeqCst) >= 2,
+        "refused once, then resent"
+    );
+    let sequences: Vec<i32> = cluster.produced().iter().map(|p| p.3).collect();
+    assert_eq!(sequences.first(), Some(&0), "resent with its sequence");
+    assert_eq!(producer.error(), None);
+}
