@@ -112,3 +112,45 @@ async fn a_record_over_the_topic_limit_fails_alone_and_the_others_are_written_in
     let written = read_all(&client, &topic, 0, Isolation::ReadUncommitted).await;
     assert_eq!(values(&written), ["a", "b", "c", "d"]);
 }
+
+/// The oversize record's batch is refused while the batches behind it are already in flight
+/// (one record per batch, five batches in flight): the broker refuses those as out of order, and
+/// they are sent again one sequence lower, in order, once each.
+#[tokio::test]
+async fn batches_in_flight_behind_an_oversize_record_are_resent_without_a_gap() {
+    let client = client().await;
+    let topic = small_topic(&client, 2_000).await;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger_ms: 0,
+            batch_bytes_max: 100,
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let first = producer
+        .send(ProducerRecord::new(topic.clone(), "first").with_partition(0))
+        .await
+        .unwrap();
+    assert_eq!(first.await.expect("delivered").offset, 0);
+    let mut values_sent = vec!["x".repeat(5_000)];
+    values_sent.extend((0..20).map(|i| format!("after-{i:02}")));
+    let mut deliveries = Vec::new();
+    for value in &values_sent {
+        let record = ProducerRecord::new(topic.clone(), value.clone()).with_partition(0);
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    producer.flush().await.expect("flush");
+    let mut deliveries = deliveries.into_iter();
+    let error = deliveries.next().unwrap().await.expect_err("oversize");
+    assert!(error.to_string().contains("MESSAGE_TOO_LARGE"), "{error}");
+    for (i, delivery) in deliveries.enumerate() {
+        assert_eq!(delivery.await.expect("delivered").offset, i as i64 + 1);
+    }
+    let written = read_all(&client, &topic, 0, Isolation::ReadUncommitted).await;
+    let mut expected = vec!["first".to_owned()];
+    expected.extend(values_sent[1..].iter().cloned());
+    assert_eq!(values(&written), expected);
+}

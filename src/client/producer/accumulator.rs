@@ -389,22 +389,27 @@ impl Accumulator {
         }
     }
 
-    /// Puts a batch back in sequence order for a retry after a jittered backoff.
-    fn requeue(&mut self, mut batch: Batch, error: &ClientError, now: Instant) {
-        if let Some(fatal) = &self.fatal {
-            self.outstanding_records -= batch.fail(fatal);
-            return;
-        }
-        batch.attempts += 1;
-        let exp = batch.attempts.min(10);
+    /// Puts a batch back in sequence order for a retry after a jittered exponential backoff.
+    fn requeue(&mut self, batch: Batch, error: &ClientError, now: Instant) {
+        let exp = (batch.attempts + 1).min(10);
         let ceiling = self
             .config
             .retry_backoff_ms
             .saturating_mul(1 << exp)
             .min(self.config.retry_backoff_max_ms)
             .max(1);
-        let delay = rand::random_range(ceiling / 2..=ceiling);
-        batch.retry_at = Some(now + Duration::from_millis(delay));
+        let delay = Duration::from_millis(rand::random_range(ceiling / 2..=ceiling));
+        self.requeue_after(batch, error, now + delay);
+    }
+
+    /// Puts a batch back in sequence order, to be sent again at `retry_at` or later.
+    fn requeue_after(&mut self, mut batch: Batch, error: &ClientError, retry_at: Instant) {
+        if let Some(fatal) = &self.fatal {
+            self.outstanding_records -= batch.fail(fatal);
+            return;
+        }
+        batch.attempts += 1;
+        batch.retry_at = Some(retry_at);
         debug!(topic = %batch.tp.0, partition = batch.tp.1, sequence = batch.base_sequence, attempts = batch.attempts, %error, "retrying batch");
         let (pid, epoch) = (self.producer_id, self.producer_epoch);
         let pq = self.partitions.entry(batch.tp.clone()).or_default();
@@ -443,8 +448,9 @@ impl Accumulator {
                 self.producer_epoch,
             ) {
                 Ok(halves) => {
+                    // No backoff: nothing failed transiently, the halves are simply smaller.
                     for half in halves.into_iter().rev() {
-                        self.requeue(half, &error, now);
+                        self.requeue_after(half, &error, now);
                     }
                 }
                 Err(failed) => {
