@@ -314,9 +314,20 @@ impl Accumulator {
     /// Takes back a batch [`Self::drain`] handed out, with what became of it. Returns the error
     /// code by which the topic's cached leadership should be checked (`Client::invalidate`).
     pub(super) fn finish(&mut self, batch: Batch, outcome: Outcome, now: Instant) -> Option<i16> {
-        if let Some(pq) = self.partitions.get_mut(&batch.tp) {
+        let tp = batch.tp.clone();
+        if let Some(pq) = self.partitions.get_mut(&tp) {
             pq.in_flight = pq.in_flight.saturating_sub(1);
         }
+        let stale = self.settle(batch, outcome, now);
+        if let Some(pq) = self.partitions.get_mut(&tp) {
+            if pq.in_flight == 0 {
+                pq.shifts.clear(); // every batch sent before a shift has come back
+            }
+        }
+        stale
+    }
+
+    fn settle(&mut self, batch: Batch, outcome: Outcome, now: Instant) -> Option<i16> {
         let (error_code, base_offset, message) = match outcome {
             Outcome::Failed(error) => {
                 self.requeue(batch, &error, now);
@@ -433,9 +444,6 @@ impl Accumulator {
             .queue
             .partition_point(|b| seq_before(b.base_sequence, batch.base_sequence));
         pq.queue.insert(at, batch);
-        if pq.in_flight == 0 {
-            pq.shifts.clear(); // every batch sent before the shift has come back
-        }
     }
 
     /// MESSAGE_TOO_LARGE: split a batch of several records in place; fail a single record.
