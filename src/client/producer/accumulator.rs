@@ -423,14 +423,9 @@ impl Accumulator {
         batch.retry_at = Some(retry_at);
         debug!(topic = %batch.tp.0, partition = batch.tp.1, sequence = batch.base_sequence, attempts = batch.attempts, %error, "retrying batch");
         let (pid, epoch) = (self.producer_id, self.producer_epoch);
-        let pq = self.partitions.entry(batch.tp.clone()).or_default();
         // Re-stamp a batch that was in flight while a record before it was given up on.
-        let shift: i32 = pq
-            .shifts
-            .iter()
-            .filter(|(from, _)| !seq_before(batch.base_sequence, *from))
-            .map(|(_, by)| by)
-            .sum();
+        let shift = self.shift_for(&batch.tp, batch.base_sequence);
+        let pq = self.partitions.entry(batch.tp.clone()).or_default();
         if shift > 0 {
             let sequence = batch.base_sequence.wrapping_sub(shift) & i32::MAX;
             if let Err(e) = restamp(&mut batch, pid, epoch, sequence) {
@@ -444,6 +439,18 @@ impl Accumulator {
             .queue
             .partition_point(|b| seq_before(b.base_sequence, batch.base_sequence));
         pq.queue.insert(at, batch);
+    }
+
+    /// How far down a batch sent with `sequence` must move: the records given up on before it
+    /// while it was in flight.
+    fn shift_for(&self, tp: &TopicPartition, sequence: i32) -> i32 {
+        self.partitions.get(tp).map_or(0, |pq| {
+            pq.shifts
+                .iter()
+                .filter(|(from, _)| !seq_before(sequence, *from))
+                .map(|(_, by)| by)
+                .sum()
+        })
     }
 
     /// MESSAGE_TOO_LARGE: split a batch of several records in place; fail a single record.
@@ -471,10 +478,13 @@ impl Accumulator {
         }
         warn!(%error, "record too large for its topic; failing it");
         let tp = batch.tp.clone();
+        // `from` numbers like the batches still in flight (sent before any pending shift);
+        // `queued_from` like the queue, whose batches already had those shifts applied.
         let (from, by) = (
             batch.base_sequence.wrapping_add(1) & i32::MAX,
             batch.record_count(),
         );
+        let queued_from = from.wrapping_sub(self.shift_for(&tp, batch.base_sequence)) & i32::MAX;
         self.outstanding_records -= batch.fail(&error);
         if self.transactional {
             // The transaction must not commit without this record.
@@ -489,7 +499,7 @@ impl Accumulator {
         pq.next_sequence = pq.next_sequence.wrapping_sub(by) & i32::MAX;
         let mut failed = None;
         for queued in pq.queue.iter_mut() {
-            if !seq_before(queued.base_sequence, from) {
+            if !seq_before(queued.base_sequence, queued_from) {
                 let sequence = queued.base_sequence.wrapping_sub(by) & i32::MAX;
                 if let Err(e) = restamp(queued, pid, epoch, sequence) {
                     failed = Some(e);

@@ -384,3 +384,34 @@ fn a_transactional_record_too_large_stops_the_producer() {
         "its transaction must not commit without it"
     );
 }
+
+#[test]
+fn two_oversize_records_in_flight_at_once_move_the_queue_down_by_two() {
+    let config = ProducerConfig {
+        in_flight_per_partition_max: 2,
+        ..config()
+    };
+    let mut f = fixture(config, false);
+    let (first, _) = one_batch(&mut f, &["a"], 0);
+    f.answer(first, codes::NONE, 0, 0);
+    let (big1, _) = one_batch(&mut f, &["big1"], 0);
+    let (big2, _) = one_batch(&mut f, &["big2"], 0);
+    // Two more, never sent: they wait behind the two in flight.
+    let _c = f.append(0, "c", 0);
+    f.acc.request_flush();
+    assert!(f.drain(0).is_empty(), "two in flight");
+    let _d = f.append(0, "d", 0);
+    assert!(f.drain(0).is_empty(), "two in flight");
+    f.answer(big1, codes::MESSAGE_TOO_LARGE, -1, 0);
+    f.answer(big2, codes::MESSAGE_TOO_LARGE, -1, 0);
+    assert!(f.acc.fatal().is_none());
+    let mut sent = Vec::new();
+    for round in 1..=3u64 {
+        for batch in f.drain(round * 1_000) {
+            sent.push(contents(&batch));
+            f.answer(batch, codes::NONE, 0, round * 1_000);
+        }
+    }
+    let expected = vec![(1, vec!["c".to_owned()]), (2, vec!["d".to_owned()])];
+    assert_eq!(sent, expected, "sequences 1.. without gaps, in order");
+}
