@@ -7,7 +7,6 @@
 //! [`silent`](FakeCluster::silence): it accepts connections and never answers anything, like a
 //! leader that hangs. The real broker stays the judge of the common paths.
 
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
