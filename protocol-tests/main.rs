@@ -10,6 +10,7 @@ mod admin;
 mod compacted;
 mod interop;
 mod produce_fetch;
+mod producer_limits;
 mod reader;
 mod transactions;
 mod transactions_java;

@@ -90,15 +90,6 @@ kinds! {
     DescribeConfigs(DescribeConfigsRequest, DescribeConfigsResponse),
 }
 
-/// How a node behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NodeMode {
-    /// Answers requests.
-    Serve,
-    /// Accepts connections and reads requests but never answers (a hung broker).
-    Silent,
-}
-
 /// One decoded request, as hooks and the journal see it.
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
@@ -156,6 +147,10 @@ pub(crate) struct State {
     pub(crate) transaction_version: i16,
     next_producer_id: i64,
     nodes: Vec<(i32, String)>,
+    /// Nodes that accept connections and read requests but never answer (a hung broker).
+    silent: Vec<i32>,
+    /// Connections accepted, by node id.
+    accepted: HashMap<i32, usize>,
     journal: Vec<Seen>,
     controls: Vec<Control>,
 }
@@ -176,18 +171,18 @@ impl Drop for FakeCluster {
 }
 
 impl FakeCluster {
-    /// Starts one node per entry of `modes` (node ids 0, 1, ...), with transactions version 2.
-    pub(crate) async fn start(modes: &[NodeMode]) -> Self {
+    /// Starts `count` nodes with ids 1, 2, ..., and transactions version 2. Node 1 is every
+    /// coordinator.
+    pub(crate) async fn start(count: i32) -> Self {
         let mut listeners = Vec::new();
-        for _ in modes {
+        for node in 1..=count {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr").to_string();
-            listeners.push((listener, addr));
+            listeners.push((node, listener, addr));
         }
         let nodes: Vec<(i32, String)> = listeners
             .iter()
-            .enumerate()
-            .map(|(i, (_, addr))| (i as i32, addr.clone()))
+            .map(|(node, _, addr)| (*node, addr.clone()))
             .collect();
         let state = Arc::new(Mutex::new(State {
             transaction_version: 2,
@@ -197,10 +192,8 @@ impl FakeCluster {
         }));
         let tasks = listeners
             .into_iter()
-            .zip(modes)
-            .enumerate()
-            .map(|(i, ((listener, _), mode))| {
-                tokio::spawn(accept_loop(listener, i as i32, *mode, Arc::clone(&state)))
+            .map(|(node, listener, _)| {
+                tokio::spawn(accept_loop(listener, node, Arc::clone(&state)))
             })
             .collect();
         Self {
@@ -210,13 +203,59 @@ impl FakeCluster {
         }
     }
 
+    /// Makes node `node` accept connections and read requests but never answer anything, like
+    /// a leader that hangs.
+    pub(crate) fn silence(&self, node: i32) {
+        self.with_state(|s| s.silent.push(node));
+    }
+
+    /// How many connections node `node` has accepted.
+    pub(crate) fn accepted(&self, node: i32) -> usize {
+        self.with_state(|s| s.accepted.get(&node).copied().unwrap_or(0))
+    }
+
+    /// Every Produce partition received so far, in arrival order: (node, topic, partition,
+    /// base sequence, record count) of its first batch.
+    pub(crate) fn produced(&self) -> Vec<(i32, String, i32, i32, i32)> {
+        let mut produced = Vec::new();
+        for seen in self.requests_of(ApiKey::Produce) {
+            let RequestKind::Produce(request) = &seen.body else {
+                continue;
+            };
+            for topic in &request.topic_data {
+                for p in &topic.partition_data {
+                    let records = p.records.clone().unwrap_or_default();
+                    let field = |at: usize| {
+                        records
+                            .get(at..at + 4)
+                            .map_or(-1, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    };
+                    // Base sequence at byte 53, record count at 57 of a v2 batch header.
+                    produced.push((
+                        seen.node,
+                        topic.name.0.to_string(),
+                        p.index,
+                        field(53),
+                        field(57),
+                    ));
+                }
+            }
+        }
+        produced
+    }
+
     /// The bootstrap address of node `node`.
     pub(crate) fn addr(&self, node: i32) -> String {
-        self.nodes[node as usize].1.clone()
+        let (_, addr) = self
+            .nodes
+            .iter()
+            .find(|(id, _)| *id == node)
+            .expect("no such node");
+        addr.clone()
     }
 
     /// Creates a topic whose partition `p` is led by `leaders[p]`.
-    pub(crate) fn create_topic(&self, name: &str, leaders: &[i32]) {
+    pub(crate) fn add_topic(&self, name: &str, leaders: &[i32]) {
         self.with_state(|s| {
             s.topics.insert(
                 name.to_owned(),
@@ -274,15 +313,35 @@ impl FakeCluster {
     }
 }
 
-async fn accept_loop(listener: TcpListener, node: i32, mode: NodeMode, state: Arc<Mutex<State>>) {
+/// Aborts a task when dropped, so connection tasks end with their accept loop.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, node: i32, state: Arc<Mutex<State>>) {
     let mut connections = Vec::new();
     while let Ok((socket, _)) = listener.accept().await {
-        connections.push(tokio::spawn(serve(socket, node, mode, Arc::clone(&state))));
+        connections.retain(|c: &AbortOnDrop| !c.0.is_finished());
+        *state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .accepted
+            .entry(node)
+            .or_default() += 1;
+        connections.push(AbortOnDrop(tokio::spawn(serve(
+            socket,
+            node,
+            Arc::clone(&state),
+        ))));
     }
 }
 
 /// Serves one connection: reads frames, decodes, consults hooks, answers.
-async fn serve(mut socket: TcpStream, node: i32, mode: NodeMode, state: Arc<Mutex<State>>) {
+async fn serve(mut socket: TcpStream, node: i32, state: Arc<Mutex<State>>) {
     loop {
         let Ok(size) = socket.read_i32().await else {
             return;
@@ -294,7 +353,12 @@ async fn serve(mut socket: TcpStream, node: i32, mode: NodeMode, state: Arc<Mute
         if socket.read_exact(&mut frame).await.is_err() {
             return;
         }
-        if mode == NodeMode::Silent {
+        if state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .silent
+            .contains(&node)
+        {
             continue;
         }
         let mut frame = Bytes::from(frame);
@@ -478,7 +542,9 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
             )
         }
         RequestKind::FindCoordinator(req) => {
-            let (host, port) = s.nodes[0].1.rsplit_once(':').expect("host:port");
+            let (coordinator, addr) = &s.nodes[0];
+            let coordinator = BrokerId(*coordinator);
+            let (host, port) = addr.rsplit_once(':').expect("host:port");
             let port: i32 = port.parse().expect("port");
             let keys: Vec<StrBytes> = if req.coordinator_keys.is_empty() {
                 vec![req.key.clone()]
@@ -492,7 +558,7 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
                         .map(|key| {
                             Coordinator::default()
                                 .with_key(key)
-                                .with_node_id(BrokerId(0))
+                                .with_node_id(coordinator)
                                 .with_host(kstr(host))
                                 .with_port(port)
                         })
@@ -500,7 +566,7 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
                 )
             } else {
                 FindCoordinatorResponse::default()
-                    .with_node_id(BrokerId(0))
+                    .with_node_id(coordinator)
                     .with_host(kstr(host))
                     .with_port(port)
             };
@@ -674,23 +740,23 @@ mod tests {
 
     #[tokio::test]
     async fn serves_metadata_and_journals_requests() {
-        let cluster = FakeCluster::start(&[NodeMode::Serve, NodeMode::Serve]).await;
-        cluster.create_topic("t", &[0, 1]);
-        let client = Client::connect(ClientConfig::new(&cluster.addr(0)))
+        let cluster = FakeCluster::start(2).await;
+        cluster.add_topic("t", &[1, 2]);
+        let client = Client::connect(ClientConfig::new(&cluster.addr(1)))
             .await
             .expect("connect");
-        assert_eq!(client.leader("t", 1).await.unwrap(), 1);
+        assert_eq!(client.leader("t", 1).await.unwrap(), 2);
         let metadata = cluster.requests_of(ApiKey::Metadata);
         assert!(!metadata.is_empty());
-        assert!(metadata.iter().all(|r| r.node == 0));
+        assert!(metadata.iter().all(|r| r.node == 1));
     }
 
     #[tokio::test]
     async fn a_hook_answers_once_then_the_default_handler_does() {
-        let cluster = FakeCluster::start(&[NodeMode::Serve]).await;
-        cluster.create_topic("t", &[0]);
+        let cluster = FakeCluster::start(1).await;
+        cluster.add_topic("t", &[1]);
         // The first Metadata request after connecting says the partition has no leader.
-        let client = Client::connect(ClientConfig::new(&cluster.addr(0)))
+        let client = Client::connect(ClientConfig::new(&cluster.addr(1)))
             .await
             .expect("connect");
         cluster.control(ApiKey::Metadata, false, |_, _| {
@@ -705,7 +771,7 @@ mod tests {
         client.refresh_metadata(&["t".to_owned()]).await.unwrap();
         assert_eq!(client.cached_leader("t", 0), None);
         // `leader` retries with a refresh, which the default handler answers.
-        assert_eq!(client.leader("t", 0).await.unwrap(), 0);
+        assert_eq!(client.leader("t", 0).await.unwrap(), 1);
     }
 
     use crate::client::producer::ProducerRecord;
@@ -723,7 +789,7 @@ mod tests {
         id: &str,
         coordinator_deadline_ms: u64,
     ) -> TransactionalProducer {
-        let mut config = ClientConfig::new(&cluster.addr(0));
+        let mut config = ClientConfig::new(&cluster.addr(1));
         config.connection = ConnectionConfig {
             request_timeout_ms: 300,
             ..ConnectionConfig::default()
@@ -760,8 +826,8 @@ mod tests {
 
     #[tokio::test]
     async fn end_txn_concurrent_transactions_is_retried() {
-        let cluster = FakeCluster::start(&[NodeMode::Serve]).await;
-        cluster.create_topic("t", &[0]);
+        let cluster = FakeCluster::start(1).await;
+        cluster.add_topic("t", &[1]);
         let producer = txn_producer(&cluster, "retry-end").await;
         cluster.control(ApiKey::EndTxn, false, |_, _| {
             Some(Action::Respond(ResponseKind::EndTxn(
@@ -778,8 +844,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_end_txn_answer_is_never_followed_by_an_abort() {
-        let cluster = FakeCluster::start(&[NodeMode::Serve]).await;
-        cluster.create_topic("t", &[0]);
+        let cluster = FakeCluster::start(1).await;
+        cluster.add_topic("t", &[1]);
         let producer = txn_producer(&cluster, "lost-end").await;
         // The coordinator applies the commit but the answer never arrives (the request times
         // out); the producer must find out that it committed, never abort.

@@ -16,6 +16,8 @@ pub mod partitioner;
 pub mod producer;
 pub mod reader;
 pub mod retry;
+#[cfg(test)]
+mod tests;
 pub mod transaction;
 pub mod types;
 
@@ -146,25 +148,10 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe; a connection attempt in progress is dropped.
     pub async fn connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
-        let slot = {
-            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(slots.entry(addr.to_owned()).or_default())
-        };
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            if conn.poisoned().is_none() {
-                return Ok(Arc::clone(conn));
-            }
-        }
         let mut backoff = Backoff::new(self.inner.config.retry);
         loop {
-            match Connection::connect(addr, self.inner.config.connection.clone()).await {
-                Ok(conn) => {
-                    let conn = Arc::new(conn);
-                    *slot = Some(Arc::clone(&conn));
-                    return Ok(conn);
-                }
-                Err(e) if e.is_disconnect() => {
+            match self.connect_once(addr).await {
+                Err(ClientError::Connection(e)) if e.is_disconnect() => {
                     debug!(addr, error = %e, "connect failed; backing off");
                     if !backoff.wait().await {
                         return Err(ClientError::RetriesExhausted {
@@ -175,9 +162,28 @@ impl Client {
                         });
                     }
                 }
-                Err(e) => return Err(e.into()),
+                other => return other,
             }
         }
+    }
+
+    /// The cached live connection to `addr`, or one attempt to make it (bounded by the
+    /// connection's `connect_timeout_ms`). Attempts to one address are serialized; callers for
+    /// other addresses are not held up.
+    async fn connect_once(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
+        let slot = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(slots.entry(addr.to_owned()).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.poisoned().is_none() {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        let conn = Arc::new(Connection::connect(addr, self.inner.config.connection.clone()).await?);
+        *slot = Some(Arc::clone(&conn));
+        Ok(conn)
     }
 
     /// A connection to the broker with id `node_id`.
@@ -247,17 +253,23 @@ impl Client {
                 }
             }
         }
+        // One attempt per candidate, then a pause, until the retry deadline: a broker that is
+        // down does not hold up the others for a whole retry sequence.
+        let mut backoff = Backoff::new(self.inner.config.retry);
         let mut last_error = None;
-        for addr in &candidates {
-            match self.connection(addr).await {
-                Ok(conn) => return Ok(conn),
-                Err(ClientError::RetriesExhausted { last, .. }) => {
-                    if let ClientError::Connection(e) = *last {
+        loop {
+            for addr in &candidates {
+                match self.connect_once(addr).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(ClientError::Connection(e)) => {
+                        debug!(addr, error = %e, "broker unreachable; trying the next");
                         last_error = Some(e);
                     }
+                    Err(e) => return Err(e),
                 }
-                Err(ClientError::Connection(e)) => last_error = Some(e),
-                Err(e) => return Err(e),
+            }
+            if !backoff.wait().await {
+                break;
             }
         }
         Err(ClientError::NoBrokers {

@@ -100,6 +100,7 @@ pub mod codes {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const NOT_COORDINATOR: i16 = 16;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
