@@ -29,7 +29,7 @@ use tracing::{debug, instrument};
 
 pub use error::ClientError;
 
-use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::connection::backoff::BackoffConfig;
 use crate::connection::{Connection, ConnectionConfig, ConnectionError};
 use crate::protocol::error_codes::{self, Refresh};
 use crate::protocol::messages::messages::metadata_request::MetadataRequestTopic;
@@ -148,23 +148,25 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe; a connection attempt in progress is dropped.
     pub async fn connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
-        let mut backoff = Backoff::new(self.inner.config.retry);
-        loop {
+        let policy = self.inner.config.retry;
+        retry(&policy, Deadline::after_ms(policy.deadline_ms), |_| async {
             match self.connect_once(addr).await {
                 Err(ClientError::Connection(e)) if e.is_disconnect() => {
                     debug!(addr, error = %e, "connect failed; backing off");
-                    if !backoff.wait().await {
-                        return Err(ClientError::RetriesExhausted {
-                            what: "connect",
-                            attempts: backoff.attempts(),
-                            deadline_ms: self.inner.config.retry.deadline_ms,
-                            last: Box::new(e.into()),
-                        });
-                    }
+                    ControlFlow::Continue(RetryAfter::error(e))
                 }
-                other => return other,
+                other => ControlFlow::Break(other),
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|exhausted| {
+            Err(ClientError::RetriesExhausted {
+                what: "connect",
+                attempts: exhausted.attempts,
+                deadline_ms: policy.deadline_ms,
+                last: Box::new(exhausted.last.into()),
+            })
+        })
     }
 
     /// The cached live connection to `addr`, or one attempt to make it (bounded by the
@@ -222,6 +224,12 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn any_broker(&self) -> Result<Arc<Connection>, ClientError> {
+        self.any_broker_within(Deadline::after_ms(self.inner.config.retry.deadline_ms))
+            .await
+    }
+
+    /// [`Client::any_broker`] within the caller's `deadline`.
+    async fn any_broker_within(&self, deadline: Deadline) -> Result<Arc<Connection>, ClientError> {
         let mut candidates: Vec<String> = {
             let md = self
                 .inner
@@ -255,23 +263,25 @@ impl Client {
         }
         // One attempt per candidate, then a pause, until the retry deadline: a broker that is
         // down does not hold up the others for a whole retry sequence.
-        let mut backoff = Backoff::new(self.inner.config.retry);
-        let mut last_error = None;
-        loop {
+        let round = retry(&self.inner.config.retry, deadline, |_| async {
+            let mut last_error = None;
             for addr in &candidates {
                 match self.connect_once(addr).await {
-                    Ok(conn) => return Ok(conn),
+                    Ok(conn) => return ControlFlow::Break(Ok(conn)),
                     Err(ClientError::Connection(e)) => {
                         debug!(addr, error = %e, "broker unreachable; trying the next");
                         last_error = Some(e);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return ControlFlow::Break(Err(e)),
                 }
             }
-            if !backoff.wait().await {
-                break;
-            }
-        }
+            ControlFlow::Continue(RetryAfter::error(last_error))
+        })
+        .await;
+        let last_error = match round {
+            Ok(result) => return result,
+            Err(exhausted) => exhausted.last,
+        };
         Err(ClientError::NoBrokers {
             bootstrap: self.inner.config.bootstrap.join(","),
             last_error: Box::new(last_error.unwrap_or(ConnectionError::Closed {
@@ -292,11 +302,18 @@ impl Client {
     where
         R::Response: Send + 'static,
     {
+        // One deadline for finding a broker and for the retries around it.
         let deadline = Deadline::after_ms(self.inner.config.retry.deadline_ms);
         retry(&self.inner.config.retry, deadline, |_| async {
-            let result =
-                async { Ok::<_, ClientError>(self.any_broker().await?.request(request).await?) }
-                    .await;
+            let result = async {
+                Ok::<_, ClientError>(
+                    self.any_broker_within(deadline)
+                        .await?
+                        .request(request)
+                        .await?,
+                )
+            }
+            .await;
             match result {
                 Err(e) if e.is_retriable() => ControlFlow::Continue(RetryAfter::error(e)),
                 other => ControlFlow::Break(other),

@@ -27,6 +27,7 @@ mod sender;
 mod tests;
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -43,6 +44,7 @@ use accumulator::{Accumulator, Delivery};
 use sender::AbortOnDrop;
 
 use super::partitioner::{partition_for_key, RoundRobin};
+use super::retry::{retry, Deadline, RetryAfter};
 use super::{Client, ClientError};
 
 /// Producer settings. Every limit has its unit in the name.
@@ -252,19 +254,23 @@ impl Producer {
             .with_producer_epoch(-1);
         // Retriable codes (COORDINATOR_LOAD_IN_PROGRESS right after a broker start, ...) are
         // retried with backoff until the client's retry deadline.
-        let mut backoff = crate::connection::backoff::Backoff::new(client.config().retry);
-        let response = loop {
-            let response = client.request_any(&request).await?;
-            match response.error_code {
-                0 => break response,
-                code => {
-                    let error = ClientError::broker("InitProducerId", code);
-                    if !(error.is_retriable() && backoff.wait().await) {
-                        return Err(error);
+        let policy = client.config().retry;
+        let response = retry(&policy, Deadline::after_ms(policy.deadline_ms), |_| async {
+            match client.request_any(&request).await {
+                Ok(response) if response.error_code == 0 => ControlFlow::Break(Ok(response)),
+                Ok(response) => {
+                    let error = ClientError::broker("InitProducerId", response.error_code);
+                    if error.is_retriable() {
+                        ControlFlow::Continue(RetryAfter::error(error))
+                    } else {
+                        ControlFlow::Break(Err(error))
                     }
                 }
+                Err(e) => ControlFlow::Break(Err(e)),
             }
-        };
+        })
+        .await
+        .unwrap_or_else(|exhausted| Err(exhausted.last))?;
         Ok(Self::with_producer_id(
             client,
             config,
