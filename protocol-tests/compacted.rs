@@ -209,12 +209,20 @@ async fn reads_a_cleaned_transactional_log() {
     );
 
     let uncommitted = read_all(&client, &topic, 0, Isolation::ReadUncommitted).await;
-    let want: BTreeMap<String, String> = (0..KEYS)
-        .map(|k| (key(k), format!("b-final-aborted-{k}")))
-        .collect();
+    // The cleaner may already have removed the final aborted records (aborted data is removable
+    // as soon as its marker is written), so read_uncommitted shows either them or, under them,
+    // the final committed ones; never anything older.
+    let latest_uncommitted = latest(&uncommitted);
     assert_eq!(
-        latest(&uncommitted),
-        want,
-        "read_uncommitted, latest per key"
+        latest_uncommitted.len(),
+        KEYS,
+        "read_uncommitted, one value per key"
     );
+    for k in 0..KEYS {
+        let value = &latest_uncommitted[&key(k)];
+        assert!(
+            *value == format!("b-final-aborted-{k}") || *value == format!("b-final-committed-{k}"),
+            "read_uncommitted, latest for key {k}: {value}"
+        );
+    }
 }
