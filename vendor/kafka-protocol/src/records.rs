@@ -514,7 +514,10 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // Patched (exactly): count checked against the bytes left, pre-allocation capped.
+        let count = batch_decode_info.record_count as usize;
+        let count = types::check_wire_len(buf, "Record count", count)?;
+        records.reserve(count.min(types::PREALLOC_ITEMS_MAX));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -893,7 +896,9 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        // Patched (exactly): count checked against the bytes left, pre-allocation capped.
+        let num_headers = types::check_wire_len(buf, "Header count", num_headers)?;
+        let mut headers = IndexMap::with_capacity(num_headers.min(types::PREALLOC_ITEMS_MAX));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

@@ -10,6 +10,19 @@ use anyhow::{bail, Result};
 use std::convert::TryFrom;
 use std::string::String as StdString;
 
+// Patched (exactly, see vendor/kafka-protocol/PATCHED.md): a length or element count read off the
+// wire must fit in the bytes left, as Java's `ArrayOf` and generated readers require (every element
+// takes at least one byte), so a few hostile bytes cannot make the decoder allocate gigabytes.
+pub(crate) fn check_wire_len<B: ByteBuf>(buf: &B, what: &str, n: usize) -> Result<usize> {
+    if n > buf.remaining() {
+        bail!("{what} length {n} exceeds the {} bytes remaining", buf.remaining());
+    }
+    Ok(n)
+}
+
+// Patched (exactly): an array pre-allocates at most this many elements and grows as they decode.
+pub(crate) const PREALLOC_ITEMS_MAX: usize = 1024;
+
 macro_rules! define_copy_impl {
     ($e:ident, $t:ty) => (
         impl Encoder<$t> for $e {
@@ -359,7 +372,7 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut strbuf = vec![0; n as usize];
+                let mut strbuf = vec![0; check_wire_len(buf, "String", n as usize)?];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
             }
@@ -511,7 +524,7 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut strbuf = vec![0; (n - 1) as usize];
+                let mut strbuf = vec![0; check_wire_len(buf, "CompactString", (n - 1) as usize)?];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
             }
@@ -655,7 +668,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut data = vec![0; n as usize];
+                let mut data = vec![0; check_wire_len(buf, "Bytes", n as usize)?];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
             }
@@ -804,7 +817,7 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut data = vec![0; (n - 1) as usize];
+                let mut data = vec![0; check_wire_len(buf, "CompactBytes", (n - 1) as usize)?];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
             }
@@ -985,7 +998,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                let n = check_wire_len(buf, "Array", n as usize)?;
+                let mut result = Vec::with_capacity(n.min(PREALLOC_ITEMS_MAX));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,8 +1107,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
-                for _ in 1..n {
+                let n = check_wire_len(buf, "CompactArray", (n - 1) as usize)?;
+                let mut result = Vec::with_capacity(n.min(PREALLOC_ITEMS_MAX));
+                for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
                 Ok(Some(result))
