@@ -10,8 +10,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, data)) = data.split_first() else { return };
-    // Keep inputs small: kafka-protocol pre-allocates arrays by their declared length, so the
-    // frame limit is what bounds those allocations in the client.
+    // Small inputs keep the fuzzer fast. Array counts beyond the input are rejected before
+    // allocating by the patched kafka-protocol (vendor/kafka-protocol/PATCHED.md).
     if data.len() > 4096 {
         return;
     }

@@ -219,4 +219,47 @@ mod tests {
             "Metadata v4: 1 bytes left over after decoding the response"
         );
     }
+
+    /// The `response` fuzz target's reproducer: a Metadata v7 response whose broker array claims
+    /// 76 million entries in a 12-byte frame. kafka-protocol 0.18 reserved the whole array before
+    /// decoding an element (gigabytes: the process aborted); the patched copy in
+    /// vendor/kafka-protocol rejects a count larger than the bytes left.
+    #[test]
+    fn array_count_beyond_the_frame_is_an_error_not_an_allocation() {
+        let input =
+            include_bytes!("../../fuzz/regressions/response-kafka-protocol-array-prealloc.bin");
+        // The first byte is the fuzz target's selector: Metadata (high bit), version 137 % 13 = 7.
+        let (&selector, frame) = input.split_first().unwrap();
+        assert_eq!((selector & 0x80, selector % 13), (0x80, 7));
+        let err = decode_response::<MetadataRequest>(Bytes::copy_from_slice(frame), 7).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::Schema {
+                api: "Metadata",
+                version: 7,
+                message: "Array length 76089918 exceeds the 0 bytes remaining".to_owned(),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "Metadata v7: Array length 76089918 exceeds the 0 bytes remaining"
+        );
+    }
+
+    /// The same for a flexible version (compact array, varint count): Metadata v12 whose broker
+    /// array claims u32::MAX - 1 entries.
+    #[test]
+    fn compact_array_count_beyond_the_frame_is_an_error() {
+        let mut buf = BytesMut::new();
+        buf.put_i32(1); // correlation id
+        buf.put_u8(0); // header tagged fields
+        buf.put_i32(0); // throttle_time_ms
+        buf.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // brokers: count + 1 = u32::MAX
+        buf.put_slice(&[0; 8]);
+        let err = decode_response::<MetadataRequest>(buf.freeze(), 12).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Metadata v12: CompactArray length 4294967294 exceeds the 8 bytes remaining"
+        );
+    }
 }
