@@ -7,6 +7,8 @@
 mod common;
 
 mod admin;
+mod fault_proxy;
+mod faults;
 mod interop;
 mod produce_fetch;
 mod transactions;

@@ -1,0 +1,498 @@
+//! Network faults injected for real, between the client and the real broker, with the
+//! [`FaultProxy`]: a lost Produce acknowledgement, a lost EndTxn(commit) answer, a batch that
+//! times out inside a transaction. Each test checks that its fault really fired, then checks
+//! what a reader sees (exactly once, in order) and what the client sent afterwards (never an
+//! abort after a commit that may have applied).
+//!
+//! Every wait is bounded: short client timeouts and coordinator deadlines (a few seconds), and a
+//! `tokio::time::timeout` around each test body.
+
+use std::future::Future;
+use std::time::Duration;
+
+use exactly::client::admin::{Admin, Isolation};
+use exactly::client::producer::{Producer, ProducerConfig, ProducerRecord};
+use exactly::client::transaction::{
+    describe_transaction, TransactionConfig, TransactionalProducer, TxnOutcome,
+};
+use exactly::client::{Client, ClientConfig, ClientError};
+use kafka_protocol::messages::{ApiKey, EndTxnRequest, InitProducerIdRequest, ProduceRequest};
+
+use crate::common::{brokers, client, create_topic, init_logging, read_all, settle, unique_topic};
+use crate::fault_proxy::{Fault, FaultProxy, Rule, SeenRequest};
+
+/// Upper bound on any one test's run time.
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// The client's per-request timeout through the proxy: short, so that a swallowed answer is
+/// noticed quickly.
+const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// How long coordinator calls keep retrying in these tests.
+const COORDINATOR_DEADLINE_MS: u64 = 4_000;
+
+async fn bounded<F: Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("the test did not finish within its time bound")
+}
+
+/// A client that knows only the proxy.
+async fn proxied_client(proxy: &FaultProxy) -> Client {
+    init_logging();
+    let mut config = ClientConfig::new(&proxy.bootstrap());
+    config.connection.request_timeout_ms = REQUEST_TIMEOUT_MS;
+    config.connection.connect_timeout_ms = 5_000;
+    config.retry.deadline_ms = 10_000;
+    Client::connect(config).await.unwrap_or_else(|e| {
+        panic!(
+            "cannot connect through the proxy {}: {e}",
+            proxy.bootstrap()
+        )
+    })
+}
+
+fn txn_config(prefix: &str) -> TransactionConfig {
+    let mut config = TransactionConfig::new(unique_topic(prefix));
+    config.coordinator_deadline_ms = COORDINATOR_DEADLINE_MS;
+    config.producer.request_timeout_ms = REQUEST_TIMEOUT_MS as i32;
+    config
+}
+
+async fn committed_values(client: &Client, topic: &str) -> Vec<String> {
+    settle(client, topic, 1).await;
+    read_all(client, topic, 0, Isolation::ReadCommitted)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+        .collect()
+}
+
+/// The base sequence of each record batch in a Produce request, in request order.
+fn base_sequences(request: &SeenRequest) -> Vec<i32> {
+    // Record batch v2: baseOffset(8) batchLength(4) partitionLeaderEpoch(4) magic(1) crc(4)
+    // attributes(2) lastOffsetDelta(4) baseTimestamp(8) maxTimestamp(8) producerId(8)
+    // producerEpoch(2), then baseSequence(4) at byte 53.
+    const BASE_SEQUENCE_AT: usize = 53;
+    let produce = request
+        .decode::<ProduceRequest>()
+        .expect("a decodable Produce request");
+    produce
+        .topic_data
+        .iter()
+        .flat_map(|t| t.partition_data.iter())
+        .filter_map(|p| p.records.as_ref())
+        .filter(|r| r.len() >= BASE_SEQUENCE_AT + 4)
+        .map(|r| {
+            i32::from_be_bytes(
+                r[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
+                    .try_into()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that no EndTxn(abort) went through the proxy.
+fn assert_no_abort_sent(proxy: &FaultProxy) {
+    let ends: Vec<EndTxnRequest> = proxy.decoded();
+    assert!(
+        ends.iter().all(|e| e.committed),
+        "an EndTxn(abort) was sent after a commit that may have applied: {ends:?}"
+    );
+}
+
+/// The answer the broker gave to the first EndTxn: it must have applied the commit (the proxy
+/// only kept the answer from the client).
+fn assert_first_end_txn_applied(proxy: &FaultProxy) {
+    let first = proxy
+        .requests_of(ApiKey::EndTxn)
+        .into_iter()
+        .next()
+        .expect("an EndTxn went through the proxy");
+    let answer = first
+        .decode_response::<EndTxnRequest>()
+        .expect("the broker answered the first EndTxn");
+    assert_eq!(
+        answer.error_code, 0,
+        "the broker did not apply the first EndTxn(commit): {answer:?}"
+    );
+}
+
+/// (a) A Produce answer lost with the connection (the broker appended the batch) while several
+/// batches of the partition are in flight: the producer retries, the broker recognises the
+/// retried sequence numbers, and a reader sees every record exactly once, in send order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_retried_after_a_lost_answer_writes_once_in_order() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-produce", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer = Producer::new(
+            proxied_client(&proxy).await,
+            ProducerConfig {
+                linger_ms: 0,
+                // Small batches, so that several are in flight when the answer is lost.
+                batch_bytes_max: 256,
+                delivery_timeout_ms: 30_000,
+                ..ProducerConfig::default()
+            },
+        )
+        .await
+        .expect("idempotent producer through the proxy");
+        let send_range = |range: std::ops::Range<usize>| {
+            let producer = &producer;
+            let topic = topic.clone();
+            async move {
+                let mut acks = Vec::new();
+                for i in range {
+                    let record =
+                        ProducerRecord::new(topic.as_str(), format!("v{i:05}")).with_partition(0);
+                    acks.push(producer.send(record).await.expect("send"));
+                }
+                acks
+            }
+        };
+        // A first acknowledged batch lets the producer pipeline (up to 5 batches in flight).
+        for ack in send_range(0..10).await {
+            ack.await.expect("first records acknowledged");
+        }
+        let rule = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::CutAfterResponse).nth(3));
+        let acks = send_range(10..400).await;
+        producer.flush().await.expect("flush after the lost answer");
+        for ack in acks {
+            ack.await.expect("every record acknowledged");
+        }
+        assert_eq!(proxy.fired(rule), 1, "the Produce answer was not cut");
+
+        // The cut request was applied by the broker, and its batches were sent again.
+        let produces = proxy.requests_of(ApiKey::Produce);
+        let cut = produces
+            .iter()
+            .position(|r| r.fault == Some(Fault::CutAfterResponse))
+            .expect("the cut Produce request is in the log");
+        let answer = produces[cut]
+            .decode_response::<ProduceRequest>()
+            .expect("the broker answered the cut request");
+        let codes: Vec<i16> = answer
+            .responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter().map(|p| p.error_code))
+            .collect();
+        assert!(
+            codes.iter().all(|c| *c == 0),
+            "the broker did not append the cut request: {codes:?}"
+        );
+        let cut_sequences = base_sequences(&produces[cut]);
+        let resent: Vec<i32> = produces[cut + 1..].iter().flat_map(base_sequences).collect();
+        assert!(
+            cut_sequences.iter().all(|s| resent.contains(s)),
+            "the batches of the cut request {cut_sequences:?} were not sent again (later: {resent:?})"
+        );
+
+        let expected: Vec<String> = (0..400).map(|i| format!("v{i:05}")).collect();
+        let read: Vec<String> = read_all(&direct, &topic, 0, Isolation::ReadUncommitted)
+            .await
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect();
+        assert_eq!(read, expected, "records duplicated, lost or reordered");
+    })
+    .await
+}
+
+/// (b) The EndTxn(commit) answer never reaches the producer (the broker applied the commit; every
+/// answer to EndTxn is cut, retries included): the producer must find out that the commit
+/// happened (DescribeTransactions) or say the outcome is unknown — and never abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_commit_answer_is_never_followed_by_an_abort() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-commit", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer =
+            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-commit"))
+                .await
+                .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        for i in 0..10 {
+            producer
+                .send(ProducerRecord::new(topic.as_str(), format!("c{i}")).with_partition(0))
+                .await
+                .unwrap();
+        }
+        producer.flush().await.unwrap();
+
+        let rule = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse));
+        let result = producer.commit().await;
+        proxy.disable(rule);
+        assert!(proxy.fired(rule) >= 1, "no EndTxn answer was cut");
+        assert_first_end_txn_applied(&proxy);
+        match &result {
+            Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted) => {}
+            Err(ClientError::CommitOutcomeUnknown { .. }) => {}
+            other => panic!("a commit the broker applied was reported as {other:?}"),
+        }
+        // Whatever it said, the producer must not abort now.
+        let abort = producer.abort().await;
+        assert!(
+            abort.is_err(),
+            "abort after the commit was accepted: {abort:?}"
+        );
+        assert_no_abort_sent(&proxy);
+
+        let expected: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+        assert_eq!(committed_values(&direct, &topic).await, expected);
+    })
+    .await
+}
+
+/// (b, no re-check possible) As above, and DescribeTransactions is cut too: the producer cannot
+/// learn the outcome, so it must report `CommitOutcomeUnknown` and refuse to abort. A new
+/// producer with the same transactional id (InitProducerId) must not abort the commit either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_commit_outcome_is_reported_honestly() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-unknown", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let config = txn_config("faults-unknown");
+        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config.clone())
+            .await
+            .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        for i in 0..10 {
+            producer
+                .send(ProducerRecord::new(topic.as_str(), format!("u{i}")).with_partition(0))
+                .await
+                .unwrap();
+        }
+        producer.flush().await.unwrap();
+
+        let end = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse));
+        let describe = proxy.add_rule(Rule::new(
+            ApiKey::DescribeTransactions,
+            Fault::CutBeforeForward,
+        ));
+        let result = producer.commit().await;
+        proxy.disable(end);
+        proxy.disable(describe);
+        assert!(proxy.fired(end) >= 1, "no EndTxn answer was cut");
+        assert!(
+            proxy.fired(describe) >= 1,
+            "the producer never tried to re-check the outcome (DescribeTransactions)"
+        );
+        assert_first_end_txn_applied(&proxy);
+        assert!(
+            matches!(result, Err(ClientError::CommitOutcomeUnknown { .. })),
+            "with no answer and no re-check the outcome is unknown, got {result:?}"
+        );
+        let abort = producer.abort().await;
+        assert!(
+            abort.is_err(),
+            "abort after an unknown commit outcome was accepted: {abort:?}"
+        );
+        assert_no_abort_sent(&proxy);
+
+        // The application's recovery: a new instance (InitProducerId) — it must not undo the
+        // commit.
+        let again = TransactionalProducer::init(direct.clone(), config)
+            .await
+            .expect("a new producer for the same transactional id");
+        drop(again);
+        let expected: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+        assert_eq!(committed_values(&direct, &topic).await, expected);
+    })
+    .await
+}
+
+/// Checks the KIP-360 recovery after `abort`: same producer id, a higher epoch, obtained with an
+/// InitProducerId that carried the current producer id and epoch; then the next transaction
+/// commits and only its records are visible.
+async fn assert_epoch_bumped_and_next_commits(
+    proxy: &FaultProxy,
+    producer: &TransactionalProducer,
+    direct: &Client,
+    topic: &str,
+    (pid, epoch_before): (i64, i16),
+) {
+    let (pid_after, epoch_after) = producer.producer_id().await;
+    assert_eq!(pid_after, pid, "KIP-360 keeps the producer id");
+    assert!(
+        epoch_after > epoch_before,
+        "the epoch was not bumped ({epoch_before} → {epoch_after})"
+    );
+    let inits: Vec<InitProducerIdRequest> = proxy.decoded();
+    assert!(inits.len() >= 2, "no epoch bump was requested: {inits:?}");
+    let bump = inits.last().unwrap();
+    assert_eq!(
+        (bump.producer_id.0, bump.producer_epoch >= epoch_before),
+        (pid, true),
+        "the epoch bump must send the current producer id and epoch (KIP-360): {inits:?}"
+    );
+
+    producer.begin().await.unwrap();
+    for i in 0..5 {
+        producer
+            .send(ProducerRecord::new(topic, format!("b{i}")).with_partition(0))
+            .await
+            .unwrap();
+    }
+    let outcome = producer
+        .commit()
+        .await
+        .expect("the next transaction commits");
+    assert_eq!(outcome, TxnOutcome::Committed);
+    let expected: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    assert_eq!(committed_values(direct, topic).await, expected);
+}
+
+/// (c) KIP-360 after an abortable error: the broker rejects a batch (INVALID_TIMESTAMP: the
+/// record is older than the topic's `message.timestamp.before.max.ms`), which leaves a gap in
+/// the partition's sequence; `abort` bumps the epoch with InitProducerId carrying the current
+/// producer id and epoch (seen by the proxy), and the next transaction commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_batch_is_recovered_by_an_epoch_bump() {
+    bounded(async {
+        let direct = client().await;
+        let topic = unique_topic("faults-bump-rejected");
+        Admin::new(direct.clone())
+            .create_topic(&topic, 1, &[("message.timestamp.before.max.ms", "3600000")])
+            .await
+            .expect("create topic");
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer =
+            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-bump"))
+                .await
+                .expect("init through the proxy");
+        let ids = producer.producer_id().await;
+
+        producer.begin().await.unwrap();
+        let mut old = ProducerRecord::new(topic.as_str(), "rejected").with_partition(0);
+        old.timestamp_ms = Some(1_000);
+        let ack = producer.send(old).await.unwrap();
+        let flushed = producer.flush().await;
+        assert!(
+            matches!(flushed, Err(ClientError::TxnAbortable { .. })),
+            "a rejected batch must make the transaction abortable, got {flushed:?}"
+        );
+        assert!(ack.await.is_err(), "the rejected record was acknowledged");
+
+        producer
+            .abort()
+            .await
+            .expect("abort after the rejected batch");
+        assert_epoch_bumped_and_next_commits(&proxy, &producer, &direct, &topic, ids).await;
+    })
+    .await
+}
+
+/// (c) KIP-360 after a timed-out batch: every Produce answer is lost (the broker appended the
+/// records; the connection stays usable for other requests), the batch passes its delivery
+/// timeout, the transaction becomes abortable, `abort` bumps the epoch, the next transaction
+/// commits, and the lost batch stays invisible (aborted).
+///
+/// Fails on 9a74ceb: a batch that expires in the producer's queue stops the producer without
+/// waking `flush`, which then waits forever (`drain` → `set_fatal` never notifies `idle`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_batch_is_recovered_by_an_epoch_bump() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-bump-timeout", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let mut config = txn_config("faults-bump");
+        config.producer.delivery_timeout_ms = 5_000;
+        config.producer.retry_backoff_ms = 50;
+        config.producer.retry_backoff_max_ms = 200;
+        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config)
+            .await
+            .expect("init through the proxy");
+        let ids = producer.producer_id().await;
+
+        producer.begin().await.unwrap();
+        let lost = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::DropResponse));
+        let ack = producer
+            .send(ProducerRecord::new(topic.as_str(), "lost").with_partition(0))
+            .await
+            .unwrap();
+        let flushed = tokio::time::timeout(Duration::from_secs(30), producer.flush())
+            .await
+            .expect("flush never returned after the batch's delivery timeout");
+        proxy.disable(lost);
+        assert!(proxy.fired(lost) >= 1, "no Produce answer was lost");
+        assert!(
+            matches!(flushed, Err(ClientError::TxnAbortable { .. })),
+            "a timed-out batch must make the transaction abortable, got {flushed:?}"
+        );
+        assert!(ack.await.is_err(), "the timed-out record was acknowledged");
+
+        producer
+            .abort()
+            .await
+            .expect("abort after the timed-out batch");
+        assert_epoch_bumped_and_next_commits(&proxy, &producer, &direct, &topic, ids).await;
+    })
+    .await
+}
+
+/// (d) Finding 4: a commit recovered through DescribeTransactions under transactions version 2
+/// (every EndTxn answer lost; the re-check says CompleteCommit at the bumped epoch) must leave the
+/// producer on the epoch the coordinator reports, so that the next transaction commits. Before
+/// the fix (branch `txn`) the producer kept the old epoch and the next transaction was fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_recovered_by_describe_keeps_the_producer_usable() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-finding4", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let config = txn_config("faults-finding4");
+        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config.clone())
+            .await
+            .expect("init through the proxy");
+        assert_eq!(
+            producer.transaction_version(),
+            2,
+            "finding 4 is about transactions version 2; the broker runs version 1"
+        );
+
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "first").with_partition(0))
+            .await
+            .unwrap();
+        let rule = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse));
+        let outcome = producer.commit().await;
+        proxy.disable(rule);
+        assert!(proxy.fired(rule) >= 1, "no EndTxn answer was cut");
+        assert_first_end_txn_applied(&proxy);
+        assert!(
+            !proxy.requests_of(ApiKey::DescribeTransactions).is_empty(),
+            "the commit was not re-checked with DescribeTransactions"
+        );
+        assert_eq!(
+            outcome.expect("the re-check finds the commit"),
+            TxnOutcome::AlreadyCommitted
+        );
+        let described = describe_transaction(&direct, &config.transactional_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            producer.producer_id().await,
+            (described.producer_id, described.producer_epoch),
+            "after a commit recovered through DescribeTransactions the producer must use the \
+             epoch the coordinator reports (finding 4)"
+        );
+
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "second").with_partition(0))
+            .await
+            .unwrap();
+        let next = producer.commit().await;
+        assert!(
+            matches!(next, Ok(TxnOutcome::Committed)),
+            "the transaction after a recovered commit failed (finding 4): {next:?}"
+        );
+        assert_no_abort_sent(&proxy);
+        assert_eq!(committed_values(&direct, &topic).await, ["first", "second"]);
+    })
+    .await
+}
