@@ -22,7 +22,7 @@ use crate::common::{brokers, client, create_topic, init_logging, read_all, settl
 use crate::fault_proxy::{Fault, FaultProxy, Rule, SeenRequest};
 
 /// Upper bound on any one test's run time.
-const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The client's per-request timeout through the proxy: short, so that a swallowed answer is
 /// noticed quickly.
 const REQUEST_TIMEOUT_MS: u64 = 2_000;
@@ -241,6 +241,57 @@ async fn lost_commit_answer_is_never_followed_by_an_abort() {
 
         let expected: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
         assert_eq!(committed_values(&direct, &topic).await, expected);
+    })
+    .await
+}
+
+/// (b, one answer lost) Only the first EndTxn(commit) answer is lost with its connection; the
+/// producer's retry reaches the coordinator, which already committed (and, under transactions
+/// version 2, bumped the epoch). The retry must be recognised as the same commit: success, no
+/// abort, records once, and the producer goes on to commit the next transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_commit_after_one_lost_answer_succeeds() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-commit-once", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer =
+            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-once"))
+                .await
+                .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "first").with_partition(0))
+            .await
+            .unwrap();
+        let rule = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse).nth(1));
+        let result = producer.commit().await;
+        assert_eq!(proxy.fired(rule), 1, "the EndTxn answer was not cut");
+        assert_first_end_txn_applied(&proxy);
+        assert!(
+            proxy.requests_of(ApiKey::EndTxn).len() >= 2,
+            "the commit was not retried"
+        );
+        assert!(
+            matches!(
+                result,
+                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
+            ),
+            "a commit the broker applied, retried once, was reported as {result:?}"
+        );
+
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "second").with_partition(0))
+            .await
+            .unwrap();
+        let next = producer.commit().await;
+        assert!(
+            matches!(next, Ok(TxnOutcome::Committed)),
+            "the transaction after a retried commit failed: {next:?}"
+        );
+        assert_no_abort_sent(&proxy);
+        assert_eq!(committed_values(&direct, &topic).await, ["first", "second"]);
     })
     .await
 }
@@ -493,6 +544,74 @@ async fn commit_recovered_by_describe_keeps_the_producer_usable() {
         );
         assert_no_abort_sent(&proxy);
         assert_eq!(committed_values(&direct, &topic).await, ["first", "second"]);
+    })
+    .await
+}
+
+/// A connection that stalls (the broker appended a batch, then no answer ever comes back on that
+/// connection) must be given up once a request on it timed out: the producer reconnects, resends,
+/// the broker deduplicates, and every record is acknowledged once. The Java client closes a
+/// connection on a request timeout for this reason.
+///
+/// Fails on 9a74ceb: a request timeout leaves the connection in use (it is not poisoned), so
+/// every retry and every metadata request goes to the stalled connection and times out again
+/// until the delivery timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connection_is_given_up_after_a_timeout() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-stall", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer = Producer::new(
+            proxied_client(&proxy).await,
+            ProducerConfig {
+                delivery_timeout_ms: 15_000,
+                ..ProducerConfig::default()
+            },
+        )
+        .await
+        .expect("idempotent producer through the proxy");
+        let send = |tag: &'static str| {
+            let producer = &producer;
+            let topic = topic.clone();
+            async move {
+                let mut acks = Vec::new();
+                for i in 0..10 {
+                    let record =
+                        ProducerRecord::new(topic.as_str(), format!("{tag}{i}")).with_partition(0);
+                    acks.push(producer.send(record).await.expect("send"));
+                }
+                acks
+            }
+        };
+        for ack in send("a").await {
+            ack.await.expect("first records acknowledged");
+        }
+        let connections_before = proxy.connections();
+        let stall = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::Stall).nth(1));
+        let acks = send("b").await;
+        let flushed = tokio::time::timeout(Duration::from_secs(30), producer.flush())
+            .await
+            .expect("flush never returned");
+        assert_eq!(proxy.fired(stall), 1, "no connection was stalled");
+        flushed.expect("the producer recovers from a stalled connection");
+        for ack in acks {
+            ack.await.expect("every record acknowledged");
+        }
+        assert!(
+            proxy.connections() > connections_before,
+            "the producer never opened a new connection"
+        );
+        let expected: Vec<String> = ["a", "b"]
+            .iter()
+            .flat_map(|tag| (0..10).map(move |i| format!("{tag}{i}")))
+            .collect();
+        let read: Vec<String> = read_all(&direct, &topic, 0, Isolation::ReadUncommitted)
+            .await
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect();
+        assert_eq!(read, expected, "records duplicated, lost or reordered");
     })
     .await
 }
