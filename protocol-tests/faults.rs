@@ -584,7 +584,9 @@ async fn stalled_connection_is_given_up_after_a_timeout() {
                 acks
             }
         };
-        for ack in send("a").await {
+        let acks = send("a").await;
+        producer.flush().await.expect("first records flushed");
+        for ack in acks {
             ack.await.expect("first records acknowledged");
         }
         let connections_before = proxy.connections();
@@ -612,6 +614,40 @@ async fn stalled_connection_is_given_up_after_a_timeout() {
             .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
             .collect();
         assert_eq!(read, expected, "records duplicated, lost or reordered");
+    })
+    .await
+}
+
+/// Not a network fault, found while writing these tests: with `linger_ms > 0`, a record sent
+/// while the producer's sender task is idle must still go out after `linger_ms`, without a
+/// `flush`.
+///
+/// Fails on 9a74ceb: `send` wakes the sender only when `linger_ms == 0`; an idle sender waits
+/// for a wake-up with no deadline, so the record waits until someone calls `flush`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lingering_record_is_sent_without_flush() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-linger", 1).await;
+        let producer = Producer::new(
+            direct.clone(),
+            ProducerConfig {
+                linger_ms: 5,
+                ..ProducerConfig::default()
+            },
+        )
+        .await
+        .expect("idempotent producer");
+        // Let the sender task go idle first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ack = producer
+            .send(ProducerRecord::new(topic.as_str(), "lingered").with_partition(0))
+            .await
+            .expect("send");
+        let acked = tokio::time::timeout(Duration::from_secs(20), ack)
+            .await
+            .expect("a lingering record was never sent (no flush was called)");
+        acked.expect("the record is acknowledged");
     })
     .await
 }
