@@ -114,6 +114,7 @@ impl Rule {
     }
 
     /// Only requests for which `predicate` holds match (e.g. decode the body and look at it).
+    /// It runs under the proxy's lock: it must not call the proxy.
     pub fn when(
         mut self,
         predicate: impl Fn(&SeenRequest) -> bool + Send + Sync + 'static,

@@ -117,6 +117,41 @@ fn assert_first_end_txn_applied(proxy: &FaultProxy) {
     );
 }
 
+/// The proxy itself: a client that bootstraps from it is pointed back at it by the rewritten
+/// Metadata (partition leaders) and FindCoordinator (transaction coordinator) answers, so no
+/// request bypasses the faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_stands_in_for_every_advertised_broker() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-proxy", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let through = proxied_client(&proxy).await;
+        let leader = through.leader(&topic, 0).await.expect("leader");
+        let conn = through.broker(leader).await.expect("leader connection");
+        assert_eq!(conn.addr(), proxy.bootstrap(), "Metadata was not rewritten");
+
+        let producer = TransactionalProducer::init(through, txn_config("faults-proxy"))
+            .await
+            .expect("init through the proxy");
+        let seen = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::Nothing));
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "x").with_partition(0))
+            .await
+            .unwrap();
+        producer.commit().await.expect("commit through the proxy");
+        assert_eq!(
+            proxy.fired(seen),
+            1,
+            "EndTxn bypassed the proxy (FindCoordinator not rewritten)"
+        );
+        assert!(!proxy.requests_of(ApiKey::Produce).is_empty());
+        assert!(!proxy.requests_of(ApiKey::InitProducerId).is_empty());
+    })
+    .await
+}
+
 /// (a) A Produce answer lost with the connection (the broker appended the batch) while several
 /// batches of the partition are in flight: the producer retries, the broker recognises the
 /// retried sequence numbers, and a reader sees every record exactly once, in send order.
