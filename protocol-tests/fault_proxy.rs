@@ -33,7 +33,8 @@
 //!   connection open (the client times out); [`Fault::CutAfterResponse`] forwards it, waits for
 //!   the answer and closes both sides instead of delivering it (the broker applied the request,
 //!   the client sees a disconnect); [`Fault::Stall`] is `DropResponse` for that answer and every
-//!   later one on the connection; [`Fault::CutBeforeForward`] closes both sides without
+//!   later one on the connection; [`Fault::edit_response`] delivers an edited answer (another
+//!   error code, say) after the broker applied the request; [`Fault::CutBeforeForward`] closes both sides without
 //!   forwarding (the broker never sees it); [`Fault::Nothing`] only counts.
 //! - A [`Rule`] matches an API key, optionally a predicate on the request ([`Rule::when`]), fires
 //!   on every match or only the n-th ([`Rule::nth`], 1-based, counted per rule) and at most
@@ -85,9 +86,42 @@ pub enum Fault {
     /// Forward it, wait for the broker's answer, then close the connection instead of
     /// delivering the answer.
     CutAfterResponse,
+    /// Forward it and deliver an edited answer instead of the broker's (e.g. a different error
+    /// code after the broker applied the request). Build it with [`Fault::edit_response`].
+    EditResponse(ResponseEdit),
     /// Forward as usual; only count the match.
     Nothing,
 }
+
+impl Fault {
+    /// An [`Fault::EditResponse`] that decodes the broker's answer as `R::Response`, lets `edit`
+    /// change it, and encodes it again (an answer that does not decode is delivered unchanged).
+    pub fn edit_response<R: Request>(
+        edit: impl Fn(&mut R::Response) + Send + Sync + 'static,
+    ) -> Self {
+        Self::EditResponse(ResponseEdit(Arc::new(move |version, frame| {
+            rewrite::<R::Response>(frame, version, &edit)
+        })))
+    }
+}
+
+/// A function from (API version, answer frame) to the frame to deliver.
+#[derive(Clone)]
+pub struct ResponseEdit(Arc<dyn Fn(i16, Bytes) -> Bytes + Send + Sync>);
+
+impl std::fmt::Debug for ResponseEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseEdit(..)")
+    }
+}
+
+impl PartialEq for ResponseEdit {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ResponseEdit {}
 
 type Predicate = Arc<dyn Fn(&SeenRequest) -> bool + Send + Sync>;
 
@@ -266,7 +300,10 @@ impl Shared {
         if let Some(rs) = rule.and_then(|i| state.rules.get_mut(i)) {
             if matches!(
                 rs.rule.fault,
-                Fault::DropResponse | Fault::Stall | Fault::CutAfterResponse
+                Fault::DropResponse
+                    | Fault::Stall
+                    | Fault::CutAfterResponse
+                    | Fault::EditResponse(_)
             ) {
                 rs.fired += 1;
             }
@@ -547,6 +584,7 @@ async fn responses(
         let frame = match request.fault {
             Some(Fault::DropResponse) => continue,
             Some(Fault::CutAfterResponse) => return,
+            Some(Fault::EditResponse(edit)) => (edit.0)(request.api_version, frame),
             _ => rewrite_addresses(shared, request.api_key, request.api_version, frame),
         };
         if write_frame(&mut to, &frame).await.is_err() {

@@ -686,3 +686,53 @@ async fn lingering_record_is_sent_without_flush() {
     })
     .await
 }
+
+/// Finding 5: the broker applied EndTxn(commit) but the answer carries an error code the client
+/// does not know (the proxy edits the answer). The outcome is unknown to the client, so it must
+/// re-check or report `CommitOutcomeUnknown` — and never abort afterwards.
+///
+/// Fails on 9a74ceb: an unknown code is classified abortable, so `commit` returns it as a plain
+/// broker error, the transaction becomes abortable, and `abort` sends EndTxn(abort) after a
+/// commit that applied. (Owned by the `txn` helper's finding 5 fix.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_answered_with_an_unknown_code_is_never_aborted() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-unknown-code", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer =
+            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-code"))
+                .await
+                .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
+            .await
+            .unwrap();
+        let rule = proxy.add_rule(Rule::new(
+            ApiKey::EndTxn,
+            Fault::edit_response::<EndTxnRequest>(|r| r.error_code = 9_999),
+        ));
+        let result = producer.commit().await;
+        proxy.disable(rule);
+        assert!(proxy.fired(rule) >= 1, "no EndTxn answer was edited");
+        assert_first_end_txn_applied(&proxy);
+        let abort = producer.abort().await;
+        assert!(
+            abort.is_err(),
+            "abort after the commit was accepted: {abort:?}"
+        );
+        assert_no_abort_sent(&proxy);
+        assert!(
+            matches!(
+                result,
+                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
+                    | Err(ClientError::CommitOutcomeUnknown { .. })
+            ),
+            "a commit answered with an unknown code must be re-checked or reported as unknown, \
+             got {result:?}"
+        );
+        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+    })
+    .await
+}
