@@ -736,3 +736,60 @@ async fn commit_answered_with_an_unknown_code_is_never_aborted() {
     })
     .await
 }
+
+/// Finding 5, second part: the first EndTxn(commit) times out (the broker applied it; its answer
+/// is lost) and the retry is answered with an abortable error (the proxy edits the answer). The
+/// first attempt may have applied, so the outcome stays unknown: re-check or report
+/// `CommitOutcomeUnknown`, never abort.
+///
+/// Fails on 9a74ceb: the last error wins, the transaction becomes abortable, and `abort` sends
+/// EndTxn(abort). (Owned by the `txn` helper's finding 5 fix.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_timed_out_then_refused_is_never_aborted() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-timeout-then-error", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer =
+            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-then"))
+                .await
+                .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
+            .await
+            .unwrap();
+        let lost = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::DropResponse).nth(1));
+        // TRANSACTION_ABORTABLE (120) on every later EndTxn.
+        let refused = proxy.add_rule(Rule::new(
+            ApiKey::EndTxn,
+            Fault::edit_response::<EndTxnRequest>(|r| r.error_code = 120),
+        ));
+        let result = producer.commit().await;
+        proxy.disable(lost);
+        proxy.disable(refused);
+        assert_eq!(proxy.fired(lost), 1, "the first EndTxn answer was not lost");
+        assert!(
+            proxy.fired(refused) >= 1,
+            "the retry was not answered with an error"
+        );
+        assert_first_end_txn_applied(&proxy);
+        let abort = producer.abort().await;
+        assert!(
+            abort.is_err(),
+            "abort after the commit was accepted: {abort:?}"
+        );
+        assert_no_abort_sent(&proxy);
+        assert!(
+            matches!(
+                result,
+                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
+                    | Err(ClientError::CommitOutcomeUnknown { .. })
+            ),
+            "a commit that may have applied must be re-checked or reported as unknown, got \
+             {result:?}"
+        );
+        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+    })
+    .await
+}
