@@ -152,6 +152,44 @@ async fn proxy_stands_in_for_every_advertised_broker() {
     .await
 }
 
+/// Dropping the proxy closes its listeners and the connections through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_stops_when_dropped() {
+    bounded(async {
+        let proxy = FaultProxy::start(brokers()).await;
+        let bootstrap = proxy.bootstrap();
+        let through = proxied_client(&proxy).await;
+        let conn = through
+            .any_broker()
+            .await
+            .expect("a connection through the proxy");
+        let metadata = kafka_protocol::messages::MetadataRequest::default();
+        conn.request(&metadata)
+            .await
+            .expect("Metadata through the proxy");
+        drop(proxy);
+        // Aborted tasks close their sockets when next polled: allow a moment, boundedly.
+        let mut closed = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            closed,
+            "the proxy still accepts connections after being dropped"
+        );
+        let answer = conn.request(&metadata).await;
+        assert!(
+            matches!(&answer, Err(e) if e.is_disconnect()),
+            "a connection through the dropped proxy still works: {answer:?}"
+        );
+    })
+    .await
+}
+
 /// (a) A Produce answer lost with the connection (the broker appended the batch) while several
 /// batches of the partition are in flight: the producer retries, the broker recognises the
 /// retried sequence numbers, and a reader sees every record exactly once, in send order.
@@ -215,6 +253,16 @@ async fn produce_retried_after_a_lost_answer_writes_once_in_order() {
         assert!(
             codes.iter().all(|c| *c == 0),
             "the broker did not append the cut request: {codes:?}"
+        );
+        // Requests recorded after it on its connection were in flight with it (the cut closed
+        // that connection): the retry has to put several batches back in order.
+        let in_flight_with_it = produces[cut + 1..]
+            .iter()
+            .filter(|r| r.connection == produces[cut].connection)
+            .count();
+        assert!(
+            in_flight_with_it > 0,
+            "no other Produce was in flight when the answer was cut"
         );
         let cut_sequences = base_sequences(&produces[cut]);
         let resent: Vec<i32> = produces[cut + 1..].iter().flat_map(base_sequences).collect();
