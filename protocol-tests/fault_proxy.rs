@@ -26,16 +26,18 @@
 //! );
 //! ...
 //! assert_eq!(proxy.fired(rule), 1);                              // the fault really happened
-//! let sent: Vec<EndTxnRequest> = proxy.decoded(ApiKey::EndTxn);   // what went through, in order
+//! let sent: Vec<EndTxnRequest> = proxy.decoded();                // what went through, in order
 //! ```
-//! - [`Fault::Delay`] holds the request (and everything after it on that connection) before
-//!   forwarding it; [`Fault::DropResponse`] forwards it and swallows the answer, leaving the
-//!   connection open (the client times out); [`Fault::CutAfterResponse`] forwards it, waits for
-//!   the answer and closes both sides instead of delivering it (the broker applied the request,
-//!   the client sees a disconnect); [`Fault::Stall`] is `DropResponse` for that answer and every
-//!   later one on the connection; [`Fault::edit_response`] delivers an edited answer (another
-//!   error code, say) after the broker applied the request; [`Fault::CutBeforeForward`] closes both sides without
-//!   forwarding (the broker never sees it); [`Fault::Nothing`] only counts.
+//! - Faults: [`Fault::Delay`] holds the request (and everything after it on that connection)
+//!   before forwarding it. [`Fault::DropResponse`] forwards it and swallows its answer, leaving
+//!   the connection open (the client times out; later answers still flow, which a real broker
+//!   never does, so use it for a request alone in flight). [`Fault::Stall`] swallows that answer
+//!   and every later one on the connection (a stalled connection). [`Fault::CutAfterResponse`]
+//!   forwards it, waits for the answer and closes both sides instead of delivering it (the
+//!   broker applied the request, the client sees a disconnect). [`Fault::edit_response`]
+//!   delivers an edited answer (another error code, say) after the broker applied the request.
+//!   [`Fault::CutBeforeForward`] closes both sides without forwarding (the broker never sees
+//!   it). [`Fault::Nothing`] only counts.
 //! - A [`Rule`] matches an API key, optionally a predicate on the request ([`Rule::when`]), fires
 //!   on every match or only the n-th ([`Rule::nth`], 1-based, counted per rule) and at most
 //!   [`Rule::times`] times. The first rule that fires decides; [`FaultProxy::fired`] counts the
