@@ -190,3 +190,8 @@ pub struct TxnDescription {
     /// Partitions in the ongoing transaction.
     pub partitions: Vec<(String, i32)>,
 }
+
+#[cfg(test)]
+mod fake_cluster;
+#[cfg(test)]
+mod fake_tests;

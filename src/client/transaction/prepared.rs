@@ -131,7 +131,9 @@ pub(super) async fn end_txn(
             warn!(error = %e, "EndTxn(commit) outcome unknown; asking the coordinator");
             if let Ok(d) = describe(coordinator).await {
                 if let Some(outcome) = already_ended(&d, prepared, true)? {
-                    return Ok((outcome, None));
+                    // Continue on the epoch the coordinator reports: under transactions v2 the
+                    // commit bumped it, and the old one is fenced.
+                    return Ok((outcome, Some((d.producer_id, d.producer_epoch))));
                 }
             }
             Err(ClientError::CommitOutcomeUnknown {
