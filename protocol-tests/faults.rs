@@ -319,7 +319,7 @@ async fn lost_commit_answer_is_never_followed_by_an_abort() {
         assert_first_end_txn_applied(&proxy);
         match &result {
             Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted) => {}
-            Err(ClientError::CommitOutcomeUnknown { .. }) => {}
+            Err(ClientError::CommitOutcomeUnknown { .. } | ClientError::OutcomeUnknown { .. }) => {}
             other => panic!("a commit the broker applied was reported as {other:?}"),
         }
         // Whatever it said, the producer must not abort now.
@@ -577,8 +577,11 @@ async fn timed_out_batch_is_recovered_by_an_epoch_bump() {
 
 /// (d) Finding 4: a commit recovered through DescribeTransactions under transactions version 2
 /// (every EndTxn answer lost; the re-check says CompleteCommit at the bumped epoch) must leave the
-/// producer on the epoch the coordinator reports, so that the next transaction commits. Before
-/// the fix (branch `txn`) the producer kept the old epoch and the next transaction was fenced.
+/// producer on the epoch the coordinator reports, so that the next transaction commits.
+///
+/// Fails on 9a74ceb (the producer kept the old epoch: (pid, 0) where the coordinator reports
+/// (pid, 1), and the next transaction was fenced); fixed by the `txn` branch (ddb8e4e, merged
+/// here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_recovered_by_describe_keeps_the_producer_usable() {
     bounded(async {
@@ -749,7 +752,7 @@ async fn lingering_record_is_sent_without_flush() {
 ///
 /// Fails on 9a74ceb: an unknown code is classified abortable, so `commit` returns it as a plain
 /// broker error, the transaction becomes abortable, and `abort` sends EndTxn(abort) after a
-/// commit that applied. (Owned by the `txn` helper's finding 5 fix.)
+/// commit that applied. Fixed by the `txn` branch (ddb8e4e, merged here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_answered_with_an_unknown_code_is_never_aborted() {
     bounded(async {
@@ -784,6 +787,7 @@ async fn commit_answered_with_an_unknown_code_is_never_aborted() {
                 result,
                 Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
                     | Err(ClientError::CommitOutcomeUnknown { .. })
+                    | Err(ClientError::OutcomeUnknown { .. })
             ),
             "a commit answered with an unknown code must be re-checked or reported as unknown, \
              got {result:?}"
@@ -799,7 +803,7 @@ async fn commit_answered_with_an_unknown_code_is_never_aborted() {
 /// `CommitOutcomeUnknown`, never abort.
 ///
 /// Fails on 9a74ceb: the last error wins, the transaction becomes abortable, and `abort` sends
-/// EndTxn(abort). (Owned by the `txn` helper's finding 5 fix.)
+/// EndTxn(abort). Fixed by the `txn` branch (ddb8e4e, merged here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_timed_out_then_refused_is_never_aborted() {
     bounded(async {
@@ -841,6 +845,7 @@ async fn commit_timed_out_then_refused_is_never_aborted() {
                 result,
                 Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
                     | Err(ClientError::CommitOutcomeUnknown { .. })
+                    | Err(ClientError::OutcomeUnknown { .. })
             ),
             "a commit that may have applied must be re-checked or reported as unknown, got \
              {result:?}"
