@@ -854,3 +854,153 @@ async fn commit_timed_out_then_refused_is_never_aborted() {
     })
     .await
 }
+
+/// A transactional Produce answer lost with its connection (the broker appended the batch): the
+/// retry is deduplicated, the commit succeeds, and a `read_committed` reader sees every record
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_produce_retried_after_a_lost_answer_commits_once() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-txn-produce", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let mut config = txn_config("faults-txn-produce");
+        config.producer.linger_ms = 0;
+        config.producer.batch_bytes_max = 256;
+        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config)
+            .await
+            .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        let cut = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::CutAfterResponse).nth(2));
+        for i in 0..200 {
+            producer
+                .send(ProducerRecord::new(topic.as_str(), format!("t{i:04}")).with_partition(0))
+                .await
+                .unwrap();
+        }
+        let outcome = producer
+            .commit()
+            .await
+            .expect("commit after the lost answer");
+        assert_eq!(outcome, TxnOutcome::Committed);
+        assert_eq!(proxy.fired(cut), 1, "the Produce answer was not cut");
+        let expected: Vec<String> = (0..200).map(|i| format!("t{i:04}")).collect();
+        assert_eq!(committed_values(&direct, &topic).await, expected);
+    })
+    .await
+}
+
+/// The EndTxn(abort) answer lost with its connection (the broker applied the abort): the retry
+/// is recognised, the producer is ready again, the next transaction commits, and only its
+/// records are visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_abort_answer_is_retried() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-abort", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer =
+            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-abort"))
+                .await
+                .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "aborted").with_partition(0))
+            .await
+            .unwrap();
+        producer.flush().await.unwrap();
+        let cut = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse).nth(1));
+        let outcome = producer.abort().await;
+        assert_eq!(proxy.fired(cut), 1, "the EndTxn(abort) answer was not cut");
+        assert!(
+            matches!(
+                outcome,
+                Ok(TxnOutcome::Aborted | TxnOutcome::AlreadyAborted)
+            ),
+            "an abort the broker applied, retried once, was reported as {outcome:?}"
+        );
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
+            .await
+            .unwrap();
+        let next = producer.commit().await;
+        assert!(
+            matches!(next, Ok(TxnOutcome::Committed)),
+            "the transaction after a retried abort failed: {next:?}"
+        );
+        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+    })
+    .await
+}
+
+/// KIP-360 with a lost answer: the epoch bump's InitProducerId (current producer id and epoch)
+/// is applied by the coordinator but its answer is lost with the connection. The retry carries
+/// the same id and epoch; the coordinator must recognise it, and the producer must end up on a
+/// working epoch: the next transaction commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_bump_with_a_lost_answer_recovers() {
+    bounded(async {
+        let direct = client().await;
+        let topic = unique_topic("faults-bump-lost");
+        Admin::new(direct.clone())
+            .create_topic(&topic, 1, &[("message.timestamp.before.max.ms", "3600000")])
+            .await
+            .expect("create topic");
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer = TransactionalProducer::init(
+            proxied_client(&proxy).await,
+            txn_config("faults-bump-lost"),
+        )
+        .await
+        .expect("init through the proxy");
+        let ids = producer.producer_id().await;
+        producer.begin().await.unwrap();
+        let mut old = ProducerRecord::new(topic.as_str(), "rejected").with_partition(0);
+        old.timestamp_ms = Some(1_000);
+        let _ = producer.send(old).await.unwrap();
+        assert!(
+            producer.flush().await.is_err(),
+            "the old record was accepted"
+        );
+
+        // Only the bump carries a producer id; the first InitProducerId (-1) went before.
+        let cut = proxy.add_rule(
+            Rule::new(ApiKey::InitProducerId, Fault::CutAfterResponse)
+                .when(|r| {
+                    r.decode::<InitProducerIdRequest>()
+                        .is_some_and(|r| r.producer_id.0 >= 0)
+                })
+                .nth(1),
+        );
+        let aborted = producer.abort().await;
+        assert_eq!(proxy.fired(cut), 1, "the epoch bump's answer was not cut");
+        let bump = proxy
+            .requests_of(ApiKey::InitProducerId)
+            .into_iter()
+            .find(|r| r.fault.is_some())
+            .and_then(|r| r.decode_response::<InitProducerIdRequest>())
+            .expect("the broker answered the cut bump");
+        assert_eq!(
+            bump.error_code, 0,
+            "the broker did not apply the bump: {bump:?}"
+        );
+        aborted.expect("abort with a retried epoch bump");
+        let (pid, epoch) = producer.producer_id().await;
+        assert_eq!(pid, ids.0, "KIP-360 keeps the producer id");
+        assert!(epoch > ids.1, "the epoch was not bumped");
+
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
+            .await
+            .unwrap();
+        let next = producer.commit().await;
+        assert!(
+            matches!(next, Ok(TxnOutcome::Committed)),
+            "the transaction after a retried epoch bump failed: {next:?}"
+        );
+        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+    })
+    .await
+}
