@@ -40,7 +40,9 @@
 //!   it). [`Fault::Nothing`] only counts.
 //! - A [`Rule`] matches an API key, optionally a predicate on the request ([`Rule::when`]), fires
 //!   on every match or only the n-th ([`Rule::nth`], 1-based, counted per rule) and at most
-//!   [`Rule::times`] times. The first rule that fires decides; [`FaultProxy::fired`] counts the
+//!   [`Rule::times`] times; a fault on the answer can be made to depend on the answer
+//!   ([`Rule::when_answer`], e.g. only once the broker applied the request). The first rule
+//!   that fires decides; [`FaultProxy::fired`] counts the
 //!   faults that took effect (a response fault counts only once the broker's answer arrived).
 //! - [`FaultProxy::requests`] is the log of every request seen (with the broker's answer when it
 //!   came, dropped or not), for assertions such as "no EndTxn(abort) was ever sent".
@@ -133,6 +135,7 @@ pub struct Rule {
     api_key: ApiKey,
     fault: Fault,
     when: Option<Predicate>,
+    when_answer: Option<Predicate>,
     nth: Option<u32>,
     times: Option<u32>,
 }
@@ -144,6 +147,7 @@ impl Rule {
             api_key,
             fault,
             when: None,
+            when_answer: None,
             nth: None,
             times: None,
         }
@@ -156,6 +160,18 @@ impl Rule {
         predicate: impl Fn(&SeenRequest) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.when = Some(Arc::new(predicate));
+        self
+    }
+
+    /// For faults on the answer (drop, stall, cut after, edit): apply only if the broker's answer
+    /// satisfies `predicate` (it sees the request with [`SeenRequest::response`] set), e.g. only
+    /// once the broker really applied the request (error code 0); other answers are delivered
+    /// and do not count as fired. Runs under the proxy's lock: it must not call the proxy.
+    pub fn when_answer(
+        mut self,
+        predicate: impl Fn(&SeenRequest) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.when_answer = Some(Arc::new(predicate));
         self
     }
 
@@ -294,22 +310,29 @@ impl Shared {
         (state.seen.len() - 1, decision)
     }
 
-    fn on_response(&self, seen_index: usize, rule: Option<usize>, frame: &Bytes) {
+    /// Records the broker's answer; returns whether the request's answer fault applies.
+    fn on_response(&self, seen_index: usize, rule: Option<usize>, frame: &Bytes) -> bool {
         let mut state = self.lock();
-        if let Some(seen) = state.seen.get_mut(seen_index) {
-            seen.response = Some(frame.clone());
+        let state = &mut *state;
+        let Some(seen) = state.seen.get_mut(seen_index) else {
+            return false;
+        };
+        seen.response = Some(frame.clone());
+        let Some(rs) = rule.and_then(|i| state.rules.get_mut(i)) else {
+            return false;
+        };
+        if !matches!(
+            rs.rule.fault,
+            Fault::DropResponse | Fault::Stall | Fault::CutAfterResponse | Fault::EditResponse(_)
+        ) {
+            return true;
         }
-        if let Some(rs) = rule.and_then(|i| state.rules.get_mut(i)) {
-            if matches!(
-                rs.rule.fault,
-                Fault::DropResponse
-                    | Fault::Stall
-                    | Fault::CutAfterResponse
-                    | Fault::EditResponse(_)
-            ) {
-                rs.fired += 1;
-            }
+        if rs.rule.when_answer.as_ref().is_some_and(|p| !p(seen)) {
+            seen.fault = None;
+            return false;
         }
+        rs.fired += 1;
+        true
     }
 }
 
@@ -576,14 +599,18 @@ async fn responses(
         if request.correlation_id != correlation_id {
             return; // the broker answers in order; anything else means lost framing
         }
-        shared.on_response(request.seen_index, request.rule, &frame);
-        if request.fault == Some(Fault::Stall) {
+        let fault = if shared.on_response(request.seen_index, request.rule, &frame) {
+            request.fault
+        } else {
+            None
+        };
+        if fault == Some(Fault::Stall) {
             stalled = true;
         }
         if stalled {
             continue;
         }
-        let frame = match request.fault {
+        let frame = match fault {
             Some(Fault::DropResponse) => continue,
             Some(Fault::CutAfterResponse) => return,
             Some(Fault::EditResponse(edit)) => (edit.0)(request.api_version, frame),

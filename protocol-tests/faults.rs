@@ -91,6 +91,17 @@ fn base_sequences(request: &SeenRequest) -> Vec<i32> {
         .collect()
 }
 
+/// Cuts the connection after the first EndTxn the broker applied (error code 0), instead of
+/// delivering that answer; answers before it (CONCURRENT_TRANSACTIONS, say) go through.
+fn cut_first_applied_end_txn() -> Rule {
+    Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse)
+        .when_answer(|r| {
+            r.decode_response::<EndTxnRequest>()
+                .is_some_and(|a| a.error_code == 0)
+        })
+        .times(1)
+}
+
 /// Asserts that no EndTxn(abort) went through the proxy.
 fn assert_no_abort_sent(proxy: &FaultProxy) {
     let ends: Vec<EndTxnRequest> = proxy.decoded();
@@ -355,7 +366,7 @@ async fn retried_commit_after_one_lost_answer_succeeds() {
             .send(ProducerRecord::new(topic.as_str(), "first").with_partition(0))
             .await
             .unwrap();
-        let rule = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse).nth(1));
+        let rule = proxy.add_rule(cut_first_applied_end_txn());
         let result = producer.commit().await;
         assert_eq!(proxy.fired(rule), 1, "the EndTxn answer was not cut");
         assert_first_end_txn_applied(&proxy);
@@ -909,7 +920,7 @@ async fn lost_abort_answer_is_retried() {
             .await
             .unwrap();
         producer.flush().await.unwrap();
-        let cut = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse).nth(1));
+        let cut = proxy.add_rule(cut_first_applied_end_txn());
         let outcome = producer.abort().await;
         assert_eq!(proxy.fired(cut), 1, "the EndTxn(abort) answer was not cut");
         assert!(
@@ -958,20 +969,27 @@ async fn epoch_bump_with_a_lost_answer_recovers() {
         producer.begin().await.unwrap();
         let mut old = ProducerRecord::new(topic.as_str(), "rejected").with_partition(0);
         old.timestamp_ms = Some(1_000);
-        let _ = producer.send(old).await.unwrap();
+        let ack = producer.send(old).await.unwrap();
         assert!(
             producer.flush().await.is_err(),
             "the old record was accepted"
         );
+        assert!(ack.await.is_err(), "the old record was acknowledged");
 
-        // Only the bump carries a producer id; the first InitProducerId (-1) went before.
+        // Only the bump carries a producer id (the first InitProducerId, with -1, went before).
+        // Its first attempts may be answered CONCURRENT_TRANSACTIONS while the abort's markers
+        // are written: cut the first answer that says the bump was applied.
         let cut = proxy.add_rule(
             Rule::new(ApiKey::InitProducerId, Fault::CutAfterResponse)
                 .when(|r| {
                     r.decode::<InitProducerIdRequest>()
                         .is_some_and(|r| r.producer_id.0 >= 0)
                 })
-                .nth(1),
+                .when_answer(|r| {
+                    r.decode_response::<InitProducerIdRequest>()
+                        .is_some_and(|a| a.error_code == 0)
+                })
+                .times(1),
         );
         let aborted = producer.abort().await;
         assert_eq!(proxy.fired(cut), 1, "the epoch bump's answer was not cut");
