@@ -1022,3 +1022,58 @@ async fn epoch_bump_with_a_lost_answer_recovers() {
     })
     .await
 }
+
+/// A slow coordinator: the first EndTxn(commit) is held by the proxy longer than the client's
+/// request timeout, so the client gives up on it and retries while the broker has yet to apply
+/// it. Both attempts reach the broker (in order); the commit succeeds once, nothing is aborted,
+/// and the producer commits its next transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_slower_than_the_request_timeout_succeeds_once() {
+    bounded(async {
+        let direct = client().await;
+        let topic = create_topic(&direct, "faults-slow-commit", 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        let producer =
+            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-slow"))
+                .await
+                .expect("init through the proxy");
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "first").with_partition(0))
+            .await
+            .unwrap();
+        let slow = proxy.add_rule(
+            Rule::new(
+                ApiKey::EndTxn,
+                Fault::Delay(Duration::from_millis(REQUEST_TIMEOUT_MS + 1_000)),
+            )
+            .nth(1),
+        );
+        let result = producer.commit().await;
+        assert_eq!(proxy.fired(slow), 1, "the EndTxn was not delayed");
+        assert!(
+            proxy.requests_of(ApiKey::EndTxn).len() >= 2,
+            "the client did not retry the slow EndTxn"
+        );
+        assert!(
+            matches!(
+                result,
+                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
+            ),
+            "a slow commit was reported as {result:?}"
+        );
+        producer.begin().await.unwrap();
+        producer
+            .send(ProducerRecord::new(topic.as_str(), "second").with_partition(0))
+            .await
+            .unwrap();
+        let next = producer.commit().await;
+        assert!(
+            matches!(next, Ok(TxnOutcome::Committed)),
+            "the transaction after a slow commit failed: {next:?}"
+        );
+        assert_no_abort_sent(&proxy);
+        assert_eq!(committed_values(&direct, &topic).await, ["first", "second"]);
+    })
+    .await
+}
