@@ -8,6 +8,8 @@ mod common;
 
 mod admin;
 mod compacted;
+mod fault_proxy;
+mod faults;
 mod interop;
 mod produce_fetch;
 mod producer_limits;
