@@ -14,7 +14,9 @@
 //!
 //! When framing is lost (EOF, I/O error, an impossible length) the connection is **poisoned**: every in-flight request fails with
 //! the same cause, and every later request fails at once. It never guesses where the next frame
-//! starts. A response whose caller gave up (timeout, cancellation) is read whole and dropped.
+//! starts. A request that gets no answer within `request_timeout_ms` poisons the connection too
+//! (the broker is taken for gone, as the Java client does). A response whose caller gave up by
+//! cancelling is read whole and dropped.
 //! Reconnecting is the job of the layer above ([`crate::client`]).
 
 pub mod backoff;
@@ -488,11 +490,17 @@ where
                     }))
                 }
                 Err(_) => {
-                    return Err(ConnectionError::Timeout {
+                    let cause = ConnectionError::Timeout {
                         addr: addr(),
                         api: R::NAME,
                         timeout_ms,
-                    })
+                    };
+                    // A broker that does not answer within the request timeout is treated as
+                    // gone, as the Java client does: the connection is closed (every request
+                    // in flight on it fails with this cause) and the next request reconnects,
+                    // rather than queueing behind a stalled socket until delivery timeouts.
+                    guard.shared.poison(cause.clone());
+                    return Err(cause);
                 }
             };
             let response = decode_response::<R>(frame, version)?;

@@ -357,9 +357,11 @@ impl Producer {
             permits,
             Instant::now(),
         )?;
-        if closed || inner.config.linger_ms == 0 {
-            inner.wake.notify_one();
-        }
+        // Always wake the dispatcher: with `linger_ms > 0` it must learn of the new open batch
+        // to arm its linger timer, or the record would wait for the next flush (`closed` only
+        // says the batch is full already).
+        let _ = closed;
+        inner.wake.notify_one();
         Ok(DeliveryFuture { rx })
     }
 

@@ -73,9 +73,18 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
         let wake = inner.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let drained = inner.lock().drain(Instant::now(), |(topic, partition)| {
-            inner.client.cached_leader(topic, *partition)
-        });
+        let (drained, idle) = {
+            let mut acc = inner.lock();
+            let drained = acc.drain(Instant::now(), |(topic, partition)| {
+                inner.client.cached_leader(topic, *partition)
+            });
+            (drained, acc.outstanding_records() == 0)
+        };
+        if idle {
+            // Draining may have given up on expired batches (delivery timeout) and failed their
+            // records: whoever waits in `flush` must hear that nothing is outstanding any more.
+            inner.idle.notify_waiters();
+        }
         if !drained.need_metadata.is_empty() && refresh.as_ref().is_none_or(|r| r.0.is_finished()) {
             let task = tokio::spawn(refresh_metadata(Arc::clone(&inner), drained.need_metadata));
             refresh = Some(AbortOnDrop(task));
