@@ -11,4 +11,5 @@ mod interop;
 mod produce_fetch;
 mod transactions;
 mod transactions_java;
+mod txn_lifecycle;
 mod versions;
