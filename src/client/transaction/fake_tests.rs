@@ -10,7 +10,7 @@ use std::time::Duration;
 use kafka_protocol::messages::{ApiKey, EndTxnResponse};
 
 use super::fake_cluster::{FakeCluster, Reply, RequestKind, ResponseKind};
-use super::{TransactionConfig, TransactionalProducer, TxnOutcome};
+use super::{TransactionConfig, TransactionalProducer, TxnOutcome, TxnState};
 use crate::client::producer::ProducerRecord;
 use crate::client::{Client, ClientConfig, ClientError};
 
@@ -238,4 +238,61 @@ async fn send_racing_commit_never_lands_in_the_next_transaction() {
             assert!(s.batches.iter().all(|b| b.0 != "slow"), "{e}");
         }
     }
+}
+
+/// The state lock is not held across EndTxn: `state()` and `metrics()` answer while a commit
+/// waits for its coordinator, and a send in that window is refused at once, saying why.
+#[tokio::test]
+async fn state_metrics_and_send_do_not_wait_for_a_running_commit() {
+    let fake = FakeCluster::start(2).await;
+    let p = Arc::new(producer(&fake).await);
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    let end_txn_seen = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&end_txn_seen);
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        notify.notify_one();
+        Reply::DelayThenDefault(Duration::from_millis(300))
+    });
+    let committer = Arc::clone(&p);
+    let commit = tokio::spawn(async move { committer.commit().await });
+    end_txn_seen.notified().await;
+    // EndTxn is on its way: nothing below waits for it.
+    assert_eq!(p.state().await, TxnState::Committing);
+    assert_eq!(p.metrics().await.commits, 0);
+    let refused = p
+        .send(record("late"))
+        .await
+        .expect_err("send during commit");
+    assert_eq!(
+        refused.to_string(),
+        "cannot send in transaction state committing"
+    );
+    assert_eq!(commit.await.unwrap().unwrap(), TxnOutcome::Committed);
+    assert_eq!(p.state().await, TxnState::Ready);
+    assert_eq!(p.metrics().await.commits, 1);
+}
+
+/// Transactions version 1: concurrent first sends to one partition add it to the transaction
+/// once (AddPartitionsToTxn), and its records commit.
+#[tokio::test]
+async fn version_1_adds_a_partition_once_for_concurrent_sends() {
+    let fake = FakeCluster::start(1).await;
+    let p = producer(&fake).await;
+    assert_eq!(p.transaction_version(), 1);
+    p.begin().await.unwrap();
+    let (a, b) = tokio::join!(p.send(record("a")), p.send(record("b")));
+    let (a, b) = tokio::join!(a.unwrap(), b.unwrap());
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(p.commit().await.unwrap(), TxnOutcome::Committed);
+    let s = fake.lock();
+    let adds = s
+        .requests
+        .iter()
+        .filter(|k| **k == ApiKey::AddPartitionsToTxn)
+        .count();
+    assert_eq!(adds, 1);
+    assert_eq!(s.end_txns, vec![(0, true)]);
+    assert_eq!(s.txn_state, "CompleteCommit");
 }

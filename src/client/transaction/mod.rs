@@ -28,6 +28,7 @@
 mod coordinator;
 mod prepared;
 mod producer;
+mod state;
 
 use serde::{Deserialize, Serialize};
 
