@@ -296,3 +296,53 @@ async fn version_1_adds_a_partition_once_for_concurrent_sends() {
     assert_eq!(s.end_txns, vec![(0, true)]);
     assert_eq!(s.txn_state, "CompleteCommit");
 }
+
+/// Cancel safety of `commit`: dropped while EndTxn is on its way, the producer stays in
+/// Committing (sends refused, no abort possible), and calling `commit` again finishes the same
+/// transaction and continues on the new epoch.
+#[tokio::test]
+async fn commit_cancelled_during_end_txn_is_finished_by_calling_it_again() {
+    let fake = FakeCluster::start(2).await;
+    let p = producer(&fake).await;
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    let end_txn_seen = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&end_txn_seen);
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        notify.notify_one();
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::DelayThenDefault(Duration::from_millis(300))
+        } else {
+            Reply::Default
+        }
+    });
+    // Drop the commit once its EndTxn has reached the coordinator (its answer is delayed).
+    tokio::select! {
+        result = p.commit() => panic!("the first commit was still waiting: {result:?}"),
+        () = end_txn_seen.notified() => {}
+    }
+    assert_eq!(p.state().await, TxnState::Committing);
+    assert!(p.send(record("late")).await.is_err());
+    let abort = p
+        .abort()
+        .await
+        .expect_err("no abort once EndTxn(commit) may be out");
+    assert_eq!(
+        abort.to_string(),
+        "cannot abort in transaction state committing"
+    );
+    let outcome = p.commit().await.expect("commit again");
+    assert!(matches!(
+        outcome,
+        TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
+    ));
+    assert_eq!(p.producer_id().await, (1000, 1));
+    p.begin().await.unwrap();
+    send(&p, "b").await;
+    p.commit().await.expect("next transaction");
+    let s = fake.lock();
+    assert_eq!(s.end_txns, vec![(0, true), (1, true)]);
+    assert!(s.batches.iter().all(|b| b.0 != "late"));
+}
