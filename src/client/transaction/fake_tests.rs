@@ -189,6 +189,13 @@ async fn locally_failed_send_leaves_no_partition_behind() {
 /// transaction, never in the next one.
 #[tokio::test]
 async fn send_racing_commit_never_lands_in_the_next_transaction() {
+    for prepare_first in [false, true] {
+        send_racing_end(prepare_first).await;
+    }
+}
+
+/// One run of the race above, ending with `commit` or with `prepare` then `commit`.
+async fn send_racing_end(prepare_first: bool) {
     let fake = FakeCluster::start(2).await;
     let p = Arc::new(producer(&fake).await);
     p.begin().await.unwrap();
@@ -219,6 +226,22 @@ async fn send_racing_commit_never_lands_in_the_next_transaction() {
         delivery.await
     });
     slow_seen.notified().await;
+    if prepare_first {
+        let prepared = p.prepare().await.expect("prepare");
+        assert_eq!(prepared.producer_epoch, 0);
+        // Whatever the racing send did is decided by now: it is in the prepared transaction
+        // (acknowledged) or was refused; nothing waits for the commit.
+        let racing = racing.await.unwrap();
+        assert!(
+            racing.is_ok() || fake.lock().batches.iter().all(|b| b.0 != "slow"),
+            "{racing:?}"
+        );
+        assert_eq!(p.commit().await.expect("commit"), TxnOutcome::Committed);
+        let s = fake.lock();
+        assert_eq!(s.txn_state, "CompleteCommit");
+        assert!(s.batches.iter().all(|b| b.2 == 0), "{:?}", s.batches);
+        return;
+    }
     let committed = p.commit().await.expect("commit");
     assert_eq!(committed, TxnOutcome::Committed);
     let racing = racing.await.unwrap();
