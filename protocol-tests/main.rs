@@ -16,4 +16,5 @@ mod producer_limits;
 mod reader;
 mod transactions;
 mod transactions_java;
+mod txn_lifecycle;
 mod versions;

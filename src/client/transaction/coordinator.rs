@@ -20,7 +20,7 @@ use crate::protocol::messages::messages::{
 };
 use crate::protocol::messages::{kstr, KafkaRequest};
 
-use super::{PreparedTxn, TxnDescription};
+use super::{CoordinatorState, PreparedTxn, TxnDescription};
 use crate::client::admin::{Admin, ConfigResource};
 use crate::client::{Client, ClientError};
 
@@ -50,7 +50,7 @@ pub(super) async fn describe(coordinator: &Coordinator) -> Result<TxnDescription
         .next()
         .ok_or_else(|| ClientError::broker("DescribeTransactions", codes::INVALID_TXN_STATE))?;
     Ok(TxnDescription {
-        state: s.transaction_state.to_string(),
+        state: CoordinatorState::parse(s.transaction_state.as_str()),
         producer_id: s.producer_id.0,
         producer_epoch: s.producer_epoch,
         partitions: s

@@ -13,21 +13,39 @@
 //! sequences over.
 //!
 //! Rules this module keeps:
-//! - error codes are classified by the one table in [`crate::protocol::error_codes`];
-//! - a commit whose answer never came is **never** followed by an abort: the producer re-sends
-//!   EndTxn(commit) (idempotent on the coordinator) until its deadline, and if the outcome is
-//!   still unknown it says so ([`ClientError::CommitOutcomeUnknown`](crate::client::ClientError::CommitOutcomeUnknown)) and refuses to abort;
+//! - error codes are classified by the one table in [`crate::protocol::error_codes`]; an
+//!   answer to EndTxn(commit) outside the codes EndTxn is documented to return is read through
+//!   [`crate::protocol::error_codes::end_txn_commit`] as an unknown outcome;
+//! - a commit whose answer never came (or came with an unexpected code, or a refusal after an
+//!   attempt that timed out) is **never** followed by an abort: the producer re-sends
+//!   EndTxn(commit) (idempotent on the coordinator) until its deadline, asks the coordinator
+//!   (DescribeTransactions) and continues on the epoch it reports, and if the outcome is still
+//!   unknown it says so ([`ClientError::CommitOutcomeUnknown`](crate::client::ClientError::CommitOutcomeUnknown))
+//!   and refuses to abort;
+//! - no record joins a transaction after its commit, prepare or abort began, and EndTxn is sent
+//!   only after every record queued before it is acknowledged;
 //! - a prepared transaction ([`PreparedTxn`]) can be committed or aborted by a new process with
 //!   [`commit_prepared`]/[`abort_prepared`], which send EndTxn with the stored id and epoch and
 //!   never call InitProducerId (which would abort it). Flink does the same by reflection.
 //!
-//! Layout: `producer` holds the [`TransactionalProducer`] state machine, `coordinator` the
-//! coordinator lookup and retried call loop (DescribeTransactions, EndTxn, the broker-config
-//! check), `prepared` the EndTxn outcome logic and [`commit_prepared`]/[`abort_prepared`].
+//! The two-phase-commit sink (the runtime's) keeps a pool of producers, one transactional id
+//! each: at a checkpoint the current producer `prepare`s and holds its prepared transaction
+//! while the next transaction opens on another producer of the pool; when the checkpoint
+//! completes, the holder commits it itself (`commit`, or `abort` if the checkpoint failed) and
+//! is back in Ready, on the epoch the coordinator gave, for reuse. After a restart,
+//! [`TransactionalProducer::recover`] finishes the prepared transaction stored in the last
+//! checkpoint and only then initializes.
+//!
+//! Layout: `producer` holds the [`TransactionalProducer`] state machine and `state` its state
+//! record and transitions, `coordinator` the coordinator lookup and retried call loop
+//! (DescribeTransactions, EndTxn, the broker-config check), `prepared` the EndTxn outcome logic
+//! and [`commit_prepared`]/[`abort_prepared`]. `fake_cluster` (tests only) is a scripted
+//! one-node cluster for the paths a real broker cannot be made to take.
 
 mod coordinator;
 mod prepared;
 mod producer;
+mod state;
 
 use serde::{Deserialize, Serialize};
 
@@ -181,8 +199,8 @@ impl GroupMetadata {
 /// The state the coordinator holds for a transactional id (DescribeTransactions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnDescription {
-    /// `Empty`, `Ongoing`, `PrepareCommit`, `CompleteCommit`, `PrepareAbort`, `CompleteAbort`, ...
-    pub state: String,
+    /// The coordinator's state for the transactional id.
+    pub state: CoordinatorState,
     /// Current producer id.
     pub producer_id: i64,
     /// Current epoch.
@@ -191,7 +209,112 @@ pub struct TxnDescription {
     pub partitions: Vec<(String, i32)>,
 }
 
+/// A transactional id's state on its coordinator, as DescribeTransactions reports it (the
+/// broker's `TransactionState`; KIP-664). Typed, so that decisions match variants rather than
+/// string literals; a state this client does not know (a newer broker) is kept as
+/// [`CoordinatorState::Other`] and matches no decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CoordinatorState {
+    /// No transaction since the last InitProducerId.
+    Empty,
+    /// A transaction is open.
+    Ongoing,
+    /// Commit decided and logged; markers being written.
+    PrepareCommit,
+    /// Abort decided and logged; markers being written.
+    PrepareAbort,
+    /// The last transaction committed.
+    CompleteCommit,
+    /// The last transaction aborted.
+    CompleteAbort,
+    /// The coordinator is fencing the producer (abort with an epoch bump).
+    PrepareEpochFence,
+    /// The transactional id expired.
+    Dead,
+    /// A state name this client does not know.
+    Other(String),
+}
+
+impl CoordinatorState {
+    const NAMED: [(&'static str, CoordinatorState); 8] = [
+        ("Empty", Self::Empty),
+        ("Ongoing", Self::Ongoing),
+        ("PrepareCommit", Self::PrepareCommit),
+        ("PrepareAbort", Self::PrepareAbort),
+        ("CompleteCommit", Self::CompleteCommit),
+        ("CompleteAbort", Self::CompleteAbort),
+        ("PrepareEpochFence", Self::PrepareEpochFence),
+        ("Dead", Self::Dead),
+    ];
+
+    /// Parses the broker's state name.
+    pub fn parse(name: &str) -> Self {
+        Self::NAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or_else(|| Self::Other(name.to_owned()), |(_, s)| s.clone())
+    }
+
+    /// The broker's name for the state.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Other(name) => name,
+            known => Self::NAMED
+                .iter()
+                .find(|(_, s)| s == known)
+                .map_or("", |(n, _)| n),
+        }
+    }
+
+    /// Whether the coordinator is writing the markers of a decided commit or abort.
+    pub fn is_ending(&self) -> bool {
+        matches!(self, Self::PrepareCommit | Self::PrepareAbort)
+    }
+}
+
+impl std::fmt::Display for CoordinatorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for CoordinatorState {
+    fn from(name: &str) -> Self {
+        Self::parse(name)
+    }
+}
+
+/// Serialized as the broker's state name (as the CLI prints it).
+impl Serialize for CoordinatorState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod fake_cluster;
 #[cfg(test)]
 mod fake_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::CoordinatorState;
+
+    #[test]
+    fn coordinator_states_round_trip_and_unknown_names_are_kept() {
+        for (name, state) in CoordinatorState::NAMED {
+            assert_eq!(CoordinatorState::parse(name), state);
+            assert_eq!(state.as_str(), name);
+        }
+        let newer = CoordinatorState::parse("PrepareSomethingNew");
+        assert_eq!(newer, CoordinatorState::Other("PrepareSomethingNew".into()));
+        assert_eq!(newer.to_string(), "PrepareSomethingNew");
+        assert!(!newer.is_ending());
+        assert!(CoordinatorState::PrepareAbort.is_ending());
+        assert_eq!(
+            serde_json::to_string(&CoordinatorState::CompleteCommit).unwrap(),
+            "\"CompleteCommit\""
+        );
+    }
+}
