@@ -6,12 +6,15 @@
 //!
 //! | layer | what it does |
 //! |---|---|
-//! | [`protocol`] | pure codec: frames, record batches, compression, error-code table (no I/O) |
-//! | [`connection`] | one TCP connection: framing, correlation ids, pipelining, version negotiation |
+//! | `protocol` | pure codec: frames, record batches, compression, error-code table (no I/O) |
+//! | `connection` | one TCP connection: framing, correlation ids, pipelining, version negotiation |
 //! | [`client`] | cluster metadata, admin, idempotent producer, fetcher (and transactions) |
 //! | [`runtime`] | operators, state, checkpoints, sources and sinks |
 //!
-//! The `exactly` binary (in `src/bin/exactly/`) sits on top.
+//! The `exactly` binary (in `src/bin/exactly/`) sits on top. `protocol` and `connection` are
+//! private: [`client`] re-exports the types its API mentions ([`client::types`]). The
+//! `internals` feature makes them public for the fuzz targets, the benchmarks and the broker
+//! tests.
 //!
 //! A transaction prepared in one process and committed in another (two-phase commit):
 //!
@@ -32,9 +35,18 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
-#![warn(unreachable_pub)]
+// Without `internals`, the codec's and the connection's `pub` items are crate-visible only; the
+// lint is meaningful where they are public.
+#![cfg_attr(feature = "internals", warn(unreachable_pub))]
+#![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
 pub mod client;
+#[cfg(feature = "internals")]
 pub mod connection;
+#[cfg(not(feature = "internals"))]
+mod connection;
+#[cfg(feature = "internals")]
 pub mod protocol;
+#[cfg(not(feature = "internals"))]
+mod protocol;
 pub mod runtime;

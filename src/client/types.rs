@@ -10,7 +10,12 @@
 
 use std::fmt;
 
+pub use crate::connection::backoff::BackoffConfig;
+pub use crate::connection::{ConnectionConfig, ConnectionError};
+pub use crate::protocol::compression::Compression;
+pub use crate::protocol::error_codes::{codes, Class, ErrorCode, Refresh};
 pub use crate::protocol::record_batch::{Record, RecordHeader};
+pub use crate::protocol::ProtocolError;
 
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

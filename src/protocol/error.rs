@@ -78,9 +78,7 @@ pub enum ProtocolError {
         limit: usize,
     },
     /// Decompressing the next batch would exceed what is left of the decompression budget of
-    /// the whole record set (see [`BatchIter::with_decompressed_budget`]).
-    ///
-    /// [`BatchIter::with_decompressed_budget`]: super::record_batch::BatchIter::with_decompressed_budget
+    /// the whole record set (see `BatchIter::with_decompressed_budget`).
     #[error("decompressing the batch at offset {base_offset} would exceed the {remaining} bytes left of the decompression budget")]
     DecompressedBudgetExceeded {
         /// Offset of the batch that did not fit.

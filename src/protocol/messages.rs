@@ -14,7 +14,6 @@ use kafka_protocol::messages::{RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
 pub use kafka_protocol::messages;
-pub use kafka_protocol::protocol::StrBytes as KafkaStr;
 
 use super::ProtocolError;
 
@@ -167,7 +166,7 @@ where
     Ok(response)
 }
 
-/// Builds a [`KafkaStr`] from anything string-like.
+/// Builds a Kafka string (`StrBytes`) from anything string-like.
 pub fn kstr(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }

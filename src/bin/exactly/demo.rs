@@ -9,9 +9,9 @@ use exactly::client::admin::Admin;
 use exactly::client::fetcher::{FetchConfig, Fetcher};
 use exactly::client::producer::{Producer, ProducerConfig, ProducerRecord};
 use exactly::client::reader::PartitionReader;
+use exactly::client::types::codes;
 use exactly::client::types::{Isolation, OffsetSpec, TopicPartition};
 use exactly::client::{Client, ClientError};
-use exactly::protocol::error_codes::codes;
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {

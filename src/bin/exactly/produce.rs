@@ -8,8 +8,8 @@ use bytes::Bytes;
 use clap::Args;
 use exactly::client::producer::{Producer, ProducerConfig, ProducerRecord};
 use exactly::client::transaction::{TransactionConfig, TransactionalProducer};
+use exactly::client::types::Compression;
 use exactly::client::Client;
-use exactly::protocol::compression::Compression;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProduceArgs {

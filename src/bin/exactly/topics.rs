@@ -58,8 +58,7 @@ pub(crate) async fn run(client: Client, cmd: TopicsCommand) -> anyhow::Result<()
                 Ok(()) => println!("created topic {name} with {partitions} partitions"),
                 Err(exactly::client::ClientError::Broker { code, .. })
                     if if_not_exists
-                        && code.code
-                            == exactly::protocol::error_codes::codes::TOPIC_ALREADY_EXISTS =>
+                        && code.code == exactly::client::types::codes::TOPIC_ALREADY_EXISTS =>
                 {
                     println!("topic {name} already exists");
                 }

@@ -13,9 +13,9 @@
 //! sequences over.
 //!
 //! Rules this module keeps:
-//! - error codes are classified by the one table in [`crate::protocol::error_codes`]; an
+//! - error codes are classified by the one table in `protocol::error_codes` (`src/protocol/error_codes.rs`); an
 //!   answer to EndTxn(commit) outside the codes EndTxn is documented to return is read through
-//!   [`crate::protocol::error_codes::end_txn_commit`] as an unknown outcome;
+//!   `error_codes::end_txn_commit` as an unknown outcome;
 //! - a commit whose answer never came (or came with an unexpected code, or a refusal after an
 //!   attempt that timed out) is **never** followed by an abort: the producer re-sends
 //!   EndTxn(commit) (idempotent on the coordinator) until its deadline, asks the coordinator
