@@ -6,12 +6,15 @@
 //!
 //! Every wait is bounded: short client timeouts and coordinator deadlines (a few seconds), and a
 //! `tokio::time::timeout` around each test body.
+//!
+//! The helpers at the top carry the setup and the checks the tests share, so that each test
+//! reads as its scenario: which fault, on which request, and what must hold afterwards.
 
 use std::future::Future;
 use std::time::Duration;
 
 use exactly::client::admin::{Admin, Isolation};
-use exactly::client::producer::{Producer, ProducerConfig, ProducerRecord};
+use exactly::client::producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 use exactly::client::transaction::{
     describe_transaction, TransactionConfig, TransactionalProducer, TxnOutcome,
 };
@@ -57,13 +60,199 @@ fn txn_config(prefix: &str) -> TransactionConfig {
     config
 }
 
-async fn committed_values(client: &Client, topic: &str) -> Vec<String> {
-    settle(client, topic, 1).await;
-    read_all(client, topic, 0, Isolation::ReadCommitted)
-        .await
-        .into_iter()
-        .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
-        .collect()
+/// `count` distinct record values in send order: `{prefix}00000`, `{prefix}00001`, …
+fn numbered(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}{i:05}")).collect()
+}
+
+/// What a test through the proxy starts from: a client straight to the broker (to create the
+/// topic and to read back what was written), a fresh one-partition topic, and a proxy in front
+/// of the broker for the client under test.
+struct Setup {
+    direct: Client,
+    topic: String,
+    proxy: FaultProxy,
+}
+
+impl Setup {
+    async fn new(prefix: &str) -> Self {
+        let direct = client().await;
+        let topic = create_topic(&direct, prefix, 1).await;
+        let proxy = FaultProxy::start(brokers()).await;
+        Self {
+            direct,
+            topic,
+            proxy,
+        }
+    }
+
+    /// As `new`, but the topic rejects records older than an hour (INVALID_TIMESTAMP): see
+    /// [`send_too_old_record`].
+    async fn rejecting_old_records(prefix: &str) -> Self {
+        let direct = client().await;
+        let topic = unique_topic(prefix);
+        Admin::new(direct.clone())
+            .create_topic(&topic, 1, &[("message.timestamp.before.max.ms", "3600000")])
+            .await
+            .expect("create topic");
+        let proxy = FaultProxy::start(brokers()).await;
+        Self {
+            direct,
+            topic,
+            proxy,
+        }
+    }
+
+    /// A transactional producer through the proxy.
+    async fn transactional(&self, config: TransactionConfig) -> TransactionalProducer {
+        TransactionalProducer::init(proxied_client(&self.proxy).await, config)
+            .await
+            .expect("init through the proxy")
+    }
+
+    /// An idempotent producer through the proxy.
+    async fn idempotent(&self, config: ProducerConfig) -> Producer {
+        Producer::new(proxied_client(&self.proxy).await, config)
+            .await
+            .expect("idempotent producer through the proxy")
+    }
+
+    /// A record for partition 0 of the topic.
+    fn record(&self, value: &str) -> ProducerRecord {
+        ProducerRecord::new(self.topic.as_str(), value.to_owned()).with_partition(0)
+    }
+
+    /// A transactional producer through the proxy, with a transaction open holding `values`
+    /// (sent, not flushed).
+    async fn open_transaction<S: AsRef<str>>(
+        &self,
+        config: TransactionConfig,
+        values: impl IntoIterator<Item = S>,
+    ) -> TransactionalProducer {
+        let producer = self.transactional(config).await;
+        self.begin_and_send(&producer, values).await;
+        producer
+    }
+
+    /// Begins a transaction and sends `values` in it (not flushed).
+    async fn begin_and_send<S: AsRef<str>>(
+        &self,
+        producer: &TransactionalProducer,
+        values: impl IntoIterator<Item = S>,
+    ) {
+        producer.begin().await.unwrap();
+        for value in values {
+            producer.send(self.record(value.as_ref())).await.unwrap();
+        }
+    }
+
+    /// Sends `values` with the idempotent producer, returning their acknowledgements.
+    async fn send_each(&self, producer: &Producer, values: &[String]) -> Vec<DeliveryFuture> {
+        let mut acks = Vec::new();
+        for value in values {
+            acks.push(producer.send(self.record(value)).await.expect("send"));
+        }
+        acks
+    }
+
+    /// The values a `read_committed` reader sees, in order.
+    async fn committed_values(&self) -> Vec<String> {
+        settle(&self.direct, &self.topic, 1).await;
+        self.values(Isolation::ReadCommitted).await
+    }
+
+    /// Every value in the partition, in order.
+    async fn uncommitted_values(&self) -> Vec<String> {
+        self.values(Isolation::ReadUncommitted).await
+    }
+
+    async fn values(&self, isolation: Isolation) -> Vec<String> {
+        read_all(&self.direct, &self.topic, 0, isolation)
+            .await
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    /// After a fault: the next transaction (`value` alone) must commit.
+    async fn assert_next_transaction_commits(
+        &self,
+        producer: &TransactionalProducer,
+        value: &str,
+        after: &str,
+    ) {
+        self.begin_and_send(producer, [value]).await;
+        let next = producer.commit().await;
+        assert!(
+            matches!(next, Ok(TxnOutcome::Committed)),
+            "the transaction after {after} failed: {next:?}"
+        );
+    }
+
+    /// After a commit the broker applied but the client may not have heard of (`result`): the
+    /// first EndTxn(commit) did apply, the commit is reported as done or its outcome as unknown
+    /// (`what` describes it), `abort` is refused, and no EndTxn(abort) was ever sent.
+    async fn assert_applied_commit_kept(
+        &self,
+        producer: &TransactionalProducer,
+        result: &Result<TxnOutcome, ClientError>,
+        what: &str,
+    ) {
+        assert_first_end_txn_applied(&self.proxy);
+        assert_committed_or_unknown(result, what);
+        self.assert_abort_refused(producer).await;
+    }
+
+    /// After a commit that may have applied: `abort` is refused, and no EndTxn(abort) went
+    /// through the proxy at any time.
+    async fn assert_abort_refused(&self, producer: &TransactionalProducer) {
+        let abort = producer.abort().await;
+        assert!(
+            abort.is_err(),
+            "abort after a commit that may have applied was accepted: {abort:?}"
+        );
+        assert_no_abort_sent(&self.proxy);
+    }
+}
+
+/// Waits for every acknowledgement; `what` names the records in the failure message.
+async fn assert_acknowledged(acks: Vec<DeliveryFuture>, what: &str) {
+    for ack in acks {
+        ack.await
+            .unwrap_or_else(|e| panic!("{what} not acknowledged: {e}"));
+    }
+}
+
+/// Sends, in the open transaction, a record older than a [`Setup::rejecting_old_records`]
+/// topic accepts: the broker rejects its batch (INVALID_TIMESTAMP).
+async fn send_too_old_record(producer: &TransactionalProducer, setup: &Setup) -> DeliveryFuture {
+    let mut old = setup.record("rejected");
+    old.timestamp_ms = Some(1_000);
+    producer.send(old).await.unwrap()
+}
+
+/// A commit the broker applied was reported as committed.
+fn assert_committed(result: &Result<TxnOutcome, ClientError>, what: &str) {
+    assert!(
+        matches!(
+            result,
+            Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
+        ),
+        "{what} was reported as {result:?}"
+    );
+}
+
+/// A commit that may have applied was reported as committed, or its outcome as unknown.
+fn assert_committed_or_unknown(result: &Result<TxnOutcome, ClientError>, what: &str) {
+    assert!(
+        matches!(
+            result,
+            Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
+                | Err(ClientError::CommitOutcomeUnknown { .. })
+                | Err(ClientError::OutcomeUnknown { .. })
+        ),
+        "{what} must be re-checked or reported as unknown, got {result:?}"
+    );
 }
 
 /// The base sequence of each record batch in a Produce request, in request order.
@@ -134,19 +323,12 @@ fn assert_first_end_txn_applied(proxy: &FaultProxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_stands_in_for_every_advertised_broker() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-proxy", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-proxy"))
-                .await
-                .expect("init through the proxy");
+        let setup = Setup::new("faults-proxy").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .open_transaction(txn_config("faults-proxy"), ["x"])
+            .await;
         let seen = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::Nothing));
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "x").with_partition(0))
-            .await
-            .unwrap();
         producer.commit().await.expect("commit through the proxy");
         assert_eq!(
             proxy.fired(seen),
@@ -215,44 +397,25 @@ async fn proxy_stops_when_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_retried_after_a_lost_answer_writes_once_in_order() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-produce", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer = Producer::new(
-            proxied_client(&proxy).await,
-            ProducerConfig {
+        let setup = Setup::new("faults-produce").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .idempotent(ProducerConfig {
                 linger_ms: 0,
                 // Small batches, so that several are in flight when the answer is lost.
                 batch_bytes_max: 256,
                 delivery_timeout_ms: 30_000,
                 ..ProducerConfig::default()
-            },
-        )
-        .await
-        .expect("idempotent producer through the proxy");
-        let send_range = |range: std::ops::Range<usize>| {
-            let producer = &producer;
-            let topic = topic.clone();
-            async move {
-                let mut acks = Vec::new();
-                for i in range {
-                    let record =
-                        ProducerRecord::new(topic.as_str(), format!("v{i:05}")).with_partition(0);
-                    acks.push(producer.send(record).await.expect("send"));
-                }
-                acks
-            }
-        };
+            })
+            .await;
+        let expected = numbered("v", 400);
         // A first acknowledged batch lets the producer pipeline (up to 5 batches in flight).
-        for ack in send_range(0..10).await {
-            ack.await.expect("first records acknowledged");
-        }
+        let acks = setup.send_each(&producer, &expected[..10]).await;
+        assert_acknowledged(acks, "first records").await;
         let rule = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::CutAfterResponse).nth(3));
-        let acks = send_range(10..400).await;
+        let acks = setup.send_each(&producer, &expected[10..]).await;
         producer.flush().await.expect("flush after the lost answer");
-        for ack in acks {
-            ack.await.expect("every record acknowledged");
-        }
+        assert_acknowledged(acks, "records").await;
         assert_eq!(proxy.fired(rule), 1, "the Produce answer was not cut");
 
         // The cut request was applied by the broker, and its batches were sent again.
@@ -290,13 +453,11 @@ async fn produce_retried_after_a_lost_answer_writes_once_in_order() {
             "the batches of the cut request {cut_sequences:?} were not sent again (later: {resent:?})"
         );
 
-        let expected: Vec<String> = (0..400).map(|i| format!("v{i:05}")).collect();
-        let read: Vec<String> = read_all(&direct, &topic, 0, Isolation::ReadUncommitted)
-            .await
-            .into_iter()
-            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
-            .collect();
-        assert_eq!(read, expected, "records duplicated, lost or reordered");
+        assert_eq!(
+            setup.uncommitted_values().await,
+            expected,
+            "records duplicated, lost or reordered"
+        );
     })
     .await
 }
@@ -307,42 +468,23 @@ async fn produce_retried_after_a_lost_answer_writes_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_commit_answer_is_never_followed_by_an_abort() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-commit", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-commit"))
-                .await
-                .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        for i in 0..10 {
-            producer
-                .send(ProducerRecord::new(topic.as_str(), format!("c{i}")).with_partition(0))
-                .await
-                .unwrap();
-        }
+        let setup = Setup::new("faults-commit").await;
+        let proxy = &setup.proxy;
+        let expected = numbered("c", 10);
+        let producer = setup
+            .open_transaction(txn_config("faults-commit"), &expected)
+            .await;
         producer.flush().await.unwrap();
 
         let rule = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse));
         let result = producer.commit().await;
         proxy.disable(rule);
         assert!(proxy.fired(rule) >= 1, "no EndTxn answer was cut");
-        assert_first_end_txn_applied(&proxy);
-        match &result {
-            Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted) => {}
-            Err(ClientError::CommitOutcomeUnknown { .. } | ClientError::OutcomeUnknown { .. }) => {}
-            other => panic!("a commit the broker applied was reported as {other:?}"),
-        }
         // Whatever it said, the producer must not abort now.
-        let abort = producer.abort().await;
-        assert!(
-            abort.is_err(),
-            "abort after the commit was accepted: {abort:?}"
-        );
-        assert_no_abort_sent(&proxy);
-
-        let expected: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
-        assert_eq!(committed_values(&direct, &topic).await, expected);
+        setup
+            .assert_applied_commit_kept(&producer, &result, "a commit the broker applied")
+            .await;
+        assert_eq!(setup.committed_values().await, expected);
     })
     .await
 }
@@ -354,46 +496,26 @@ async fn lost_commit_answer_is_never_followed_by_an_abort() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_commit_after_one_lost_answer_succeeds() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-commit-once", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-once"))
-                .await
-                .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "first").with_partition(0))
-            .await
-            .unwrap();
+        let setup = Setup::new("faults-commit-once").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .open_transaction(txn_config("faults-once"), ["first"])
+            .await;
         let rule = proxy.add_rule(cut_first_applied_end_txn());
         let result = producer.commit().await;
         assert_eq!(proxy.fired(rule), 1, "the EndTxn answer was not cut");
-        assert_first_end_txn_applied(&proxy);
+        assert_first_end_txn_applied(proxy);
         assert!(
             proxy.requests_of(ApiKey::EndTxn).len() >= 2,
             "the commit was not retried"
         );
-        assert!(
-            matches!(
-                result,
-                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
-            ),
-            "a commit the broker applied, retried once, was reported as {result:?}"
-        );
+        assert_committed(&result, "a commit the broker applied, retried once,");
 
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "second").with_partition(0))
-            .await
-            .unwrap();
-        let next = producer.commit().await;
-        assert!(
-            matches!(next, Ok(TxnOutcome::Committed)),
-            "the transaction after a retried commit failed: {next:?}"
-        );
-        assert_no_abort_sent(&proxy);
-        assert_eq!(committed_values(&direct, &topic).await, ["first", "second"]);
+        setup
+            .assert_next_transaction_commits(&producer, "second", "a retried commit")
+            .await;
+        assert_no_abort_sent(proxy);
+        assert_eq!(setup.committed_values().await, ["first", "second"]);
     })
     .await
 }
@@ -404,20 +526,11 @@ async fn retried_commit_after_one_lost_answer_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_commit_outcome_is_reported_honestly() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-unknown", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
+        let setup = Setup::new("faults-unknown").await;
+        let proxy = &setup.proxy;
         let config = txn_config("faults-unknown");
-        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config.clone())
-            .await
-            .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        for i in 0..10 {
-            producer
-                .send(ProducerRecord::new(topic.as_str(), format!("u{i}")).with_partition(0))
-                .await
-                .unwrap();
-        }
+        let expected = numbered("u", 10);
+        let producer = setup.open_transaction(config.clone(), &expected).await;
         producer.flush().await.unwrap();
 
         let end = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse));
@@ -433,47 +546,53 @@ async fn unknown_commit_outcome_is_reported_honestly() {
             proxy.fired(describe) >= 1,
             "the producer never tried to re-check the outcome (DescribeTransactions)"
         );
-        assert_first_end_txn_applied(&proxy);
+        assert_first_end_txn_applied(proxy);
         assert!(
             matches!(result, Err(ClientError::CommitOutcomeUnknown { .. })),
             "with no answer and no re-check the outcome is unknown, got {result:?}"
         );
-        let abort = producer.abort().await;
-        assert!(
-            abort.is_err(),
-            "abort after an unknown commit outcome was accepted: {abort:?}"
-        );
-        assert_no_abort_sent(&proxy);
+        setup.assert_abort_refused(&producer).await;
 
         // The application's recovery: a new instance (InitProducerId) — it must not undo the
         // commit.
-        let again = TransactionalProducer::init(direct.clone(), config)
+        let again = TransactionalProducer::init(setup.direct.clone(), config)
             .await
             .expect("a new producer for the same transactional id");
         drop(again);
-        let expected: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
-        assert_eq!(committed_values(&direct, &topic).await, expected);
+        assert_eq!(setup.committed_values().await, expected);
     })
     .await
 }
 
-/// Checks the KIP-360 recovery after `abort`: same producer id, a higher epoch, obtained with an
-/// InitProducerId that carried the current producer id and epoch; then the next transaction
-/// commits and only its records are visible.
-async fn assert_epoch_bumped_and_next_commits(
-    proxy: &FaultProxy,
+/// Checks the KIP-360 recovery from a failed batch (`what`: how it failed): the failure made
+/// the transaction abortable (`flushed`) and its record unacknowledged (`ack`); `abort` succeeds
+/// with the same producer id and a higher epoch, obtained with an InitProducerId that carried
+/// the current producer id and epoch; then the next transaction commits and only its records
+/// are visible.
+async fn assert_abortable_then_recovered(
+    setup: &Setup,
     producer: &TransactionalProducer,
-    direct: &Client,
-    topic: &str,
+    (flushed, ack): (Result<(), ClientError>, DeliveryFuture),
     (pid, epoch_before): (i64, i16),
+    what: &str,
 ) {
+    assert!(
+        matches!(flushed, Err(ClientError::TxnAbortable { .. })),
+        "a {what} batch must make the transaction abortable, got {flushed:?}"
+    );
+    assert!(ack.await.is_err(), "the {what} record was acknowledged");
+    producer
+        .abort()
+        .await
+        .unwrap_or_else(|e| panic!("abort after the {what} batch: {e}"));
+
     let (pid_after, epoch_after) = producer.producer_id().await;
     assert_eq!(pid_after, pid, "KIP-360 keeps the producer id");
     assert!(
         epoch_after > epoch_before,
         "the epoch was not bumped ({epoch_before} → {epoch_after})"
     );
-    let inits: Vec<InitProducerIdRequest> = proxy.decoded();
+    let inits: Vec<InitProducerIdRequest> = setup.proxy.decoded();
     assert!(inits.len() >= 2, "no epoch bump was requested: {inits:?}");
     let bump = inits.last().unwrap();
     assert_eq!(
@@ -482,20 +601,14 @@ async fn assert_epoch_bumped_and_next_commits(
         "the epoch bump must send the current producer id and epoch (KIP-360): {inits:?}"
     );
 
-    producer.begin().await.unwrap();
-    for i in 0..5 {
-        producer
-            .send(ProducerRecord::new(topic, format!("b{i}")).with_partition(0))
-            .await
-            .unwrap();
-    }
+    let expected = numbered("b", 5);
+    setup.begin_and_send(producer, &expected).await;
     let outcome = producer
         .commit()
         .await
         .expect("the next transaction commits");
     assert_eq!(outcome, TxnOutcome::Committed);
-    let expected: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
-    assert_eq!(committed_values(direct, topic).await, expected);
+    assert_eq!(setup.committed_values().await, expected);
 }
 
 /// (c) KIP-360 after an abortable error: the broker rejects a batch (INVALID_TIMESTAMP: the
@@ -505,35 +618,14 @@ async fn assert_epoch_bumped_and_next_commits(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_batch_is_recovered_by_an_epoch_bump() {
     bounded(async {
-        let direct = client().await;
-        let topic = unique_topic("faults-bump-rejected");
-        Admin::new(direct.clone())
-            .create_topic(&topic, 1, &[("message.timestamp.before.max.ms", "3600000")])
-            .await
-            .expect("create topic");
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-bump"))
-                .await
-                .expect("init through the proxy");
+        let setup = Setup::rejecting_old_records("faults-bump-rejected").await;
+        let producer = setup.transactional(txn_config("faults-bump")).await;
         let ids = producer.producer_id().await;
 
         producer.begin().await.unwrap();
-        let mut old = ProducerRecord::new(topic.as_str(), "rejected").with_partition(0);
-        old.timestamp_ms = Some(1_000);
-        let ack = producer.send(old).await.unwrap();
+        let ack = send_too_old_record(&producer, &setup).await;
         let flushed = producer.flush().await;
-        assert!(
-            matches!(flushed, Err(ClientError::TxnAbortable { .. })),
-            "a rejected batch must make the transaction abortable, got {flushed:?}"
-        );
-        assert!(ack.await.is_err(), "the rejected record was acknowledged");
-
-        producer
-            .abort()
-            .await
-            .expect("abort after the rejected batch");
-        assert_epoch_bumped_and_next_commits(&proxy, &producer, &direct, &topic, ids).await;
+        assert_abortable_then_recovered(&setup, &producer, (flushed, ack), ids, "rejected").await;
     })
     .await
 }
@@ -548,40 +640,24 @@ async fn rejected_batch_is_recovered_by_an_epoch_bump() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_batch_is_recovered_by_an_epoch_bump() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-bump-timeout", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
+        let setup = Setup::new("faults-bump-timeout").await;
+        let proxy = &setup.proxy;
         let mut config = txn_config("faults-bump");
         config.producer.delivery_timeout_ms = 5_000;
         config.producer.retry_backoff_ms = 50;
         config.producer.retry_backoff_max_ms = 200;
-        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config)
-            .await
-            .expect("init through the proxy");
+        let producer = setup.transactional(config).await;
         let ids = producer.producer_id().await;
 
         producer.begin().await.unwrap();
         let lost = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::DropResponse));
-        let ack = producer
-            .send(ProducerRecord::new(topic.as_str(), "lost").with_partition(0))
-            .await
-            .unwrap();
+        let ack = producer.send(setup.record("lost")).await.unwrap();
         let flushed = tokio::time::timeout(Duration::from_secs(30), producer.flush())
             .await
             .expect("flush never returned after the batch's delivery timeout");
         proxy.disable(lost);
         assert!(proxy.fired(lost) >= 1, "no Produce answer was lost");
-        assert!(
-            matches!(flushed, Err(ClientError::TxnAbortable { .. })),
-            "a timed-out batch must make the transaction abortable, got {flushed:?}"
-        );
-        assert!(ack.await.is_err(), "the timed-out record was acknowledged");
-
-        producer
-            .abort()
-            .await
-            .expect("abort after the timed-out batch");
-        assert_epoch_bumped_and_next_commits(&proxy, &producer, &direct, &topic, ids).await;
+        assert_abortable_then_recovered(&setup, &producer, (flushed, ack), ids, "timed-out").await;
     })
     .await
 }
@@ -596,29 +672,22 @@ async fn timed_out_batch_is_recovered_by_an_epoch_bump() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_recovered_by_describe_keeps_the_producer_usable() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-finding4", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
+        let setup = Setup::new("faults-finding4").await;
+        let proxy = &setup.proxy;
         let config = txn_config("faults-finding4");
-        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config.clone())
-            .await
-            .expect("init through the proxy");
+        let producer = setup.transactional(config.clone()).await;
         assert_eq!(
             producer.transaction_version(),
             2,
             "finding 4 is about transactions version 2; the broker runs version 1"
         );
 
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "first").with_partition(0))
-            .await
-            .unwrap();
+        setup.begin_and_send(&producer, ["first"]).await;
         let rule = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::CutAfterResponse));
         let outcome = producer.commit().await;
         proxy.disable(rule);
         assert!(proxy.fired(rule) >= 1, "no EndTxn answer was cut");
-        assert_first_end_txn_applied(&proxy);
+        assert_first_end_txn_applied(proxy);
         assert!(
             !proxy.requests_of(ApiKey::DescribeTransactions).is_empty(),
             "the commit was not re-checked with DescribeTransactions"
@@ -627,7 +696,7 @@ async fn commit_recovered_by_describe_keeps_the_producer_usable() {
             outcome.expect("the re-check finds the commit"),
             TxnOutcome::AlreadyCommitted
         );
-        let described = describe_transaction(&direct, &config.transactional_id)
+        let described = describe_transaction(&setup.direct, &config.transactional_id)
             .await
             .unwrap();
         assert_eq!(
@@ -637,18 +706,11 @@ async fn commit_recovered_by_describe_keeps_the_producer_usable() {
              epoch the coordinator reports (finding 4)"
         );
 
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "second").with_partition(0))
-            .await
-            .unwrap();
-        let next = producer.commit().await;
-        assert!(
-            matches!(next, Ok(TxnOutcome::Committed)),
-            "the transaction after a recovered commit failed (finding 4): {next:?}"
-        );
-        assert_no_abort_sent(&proxy);
-        assert_eq!(committed_values(&direct, &topic).await, ["first", "second"]);
+        setup
+            .assert_next_transaction_commits(&producer, "second", "a recovered commit (finding 4)")
+            .await;
+        assert_no_abort_sent(proxy);
+        assert_eq!(setup.committed_values().await, ["first", "second"]);
     })
     .await
 }
@@ -664,61 +726,36 @@ async fn commit_recovered_by_describe_keeps_the_producer_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connection_is_given_up_after_a_timeout() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-stall", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer = Producer::new(
-            proxied_client(&proxy).await,
-            ProducerConfig {
+        let setup = Setup::new("faults-stall").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .idempotent(ProducerConfig {
                 delivery_timeout_ms: 15_000,
                 ..ProducerConfig::default()
-            },
-        )
-        .await
-        .expect("idempotent producer through the proxy");
-        let send = |tag: &'static str| {
-            let producer = &producer;
-            let topic = topic.clone();
-            async move {
-                let mut acks = Vec::new();
-                for i in 0..10 {
-                    let record =
-                        ProducerRecord::new(topic.as_str(), format!("{tag}{i}")).with_partition(0);
-                    acks.push(producer.send(record).await.expect("send"));
-                }
-                acks
-            }
-        };
-        let acks = send("a").await;
+            })
+            .await;
+        let (first, second) = (numbered("a", 10), numbered("b", 10));
+        let acks = setup.send_each(&producer, &first).await;
         producer.flush().await.expect("first records flushed");
-        for ack in acks {
-            ack.await.expect("first records acknowledged");
-        }
+        assert_acknowledged(acks, "first records").await;
         let connections_before = proxy.connections();
         let stall = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::Stall).nth(1));
-        let acks = send("b").await;
+        let acks = setup.send_each(&producer, &second).await;
         let flushed = tokio::time::timeout(Duration::from_secs(30), producer.flush())
             .await
             .expect("flush never returned");
         assert_eq!(proxy.fired(stall), 1, "no connection was stalled");
         flushed.expect("the producer recovers from a stalled connection");
-        for ack in acks {
-            ack.await.expect("every record acknowledged");
-        }
+        assert_acknowledged(acks, "records").await;
         assert!(
             proxy.connections() > connections_before,
             "the producer never opened a new connection"
         );
-        let expected: Vec<String> = ["a", "b"]
-            .iter()
-            .flat_map(|tag| (0..10).map(move |i| format!("{tag}{i}")))
-            .collect();
-        let read: Vec<String> = read_all(&direct, &topic, 0, Isolation::ReadUncommitted)
-            .await
-            .into_iter()
-            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
-            .collect();
-        assert_eq!(read, expected, "records duplicated, lost or reordered");
+        assert_eq!(
+            setup.uncommitted_values().await,
+            [first, second].concat(),
+            "records duplicated, lost or reordered"
+        );
     })
     .await
 }
@@ -767,18 +804,11 @@ async fn lingering_record_is_sent_without_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_answered_with_an_unknown_code_is_never_aborted() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-unknown-code", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-code"))
-                .await
-                .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
-            .await
-            .unwrap();
+        let setup = Setup::new("faults-unknown-code").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .open_transaction(txn_config("faults-code"), ["kept"])
+            .await;
         let rule = proxy.add_rule(Rule::new(
             ApiKey::EndTxn,
             Fault::edit_response::<EndTxnRequest>(|r| r.error_code = 9_999),
@@ -786,24 +816,14 @@ async fn commit_answered_with_an_unknown_code_is_never_aborted() {
         let result = producer.commit().await;
         proxy.disable(rule);
         assert!(proxy.fired(rule) >= 1, "no EndTxn answer was edited");
-        assert_first_end_txn_applied(&proxy);
-        let abort = producer.abort().await;
-        assert!(
-            abort.is_err(),
-            "abort after the commit was accepted: {abort:?}"
-        );
-        assert_no_abort_sent(&proxy);
-        assert!(
-            matches!(
-                result,
-                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
-                    | Err(ClientError::CommitOutcomeUnknown { .. })
-                    | Err(ClientError::OutcomeUnknown { .. })
-            ),
-            "a commit answered with an unknown code must be re-checked or reported as unknown, \
-             got {result:?}"
-        );
-        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+        setup
+            .assert_applied_commit_kept(
+                &producer,
+                &result,
+                "a commit answered with an unknown code",
+            )
+            .await;
+        assert_eq!(setup.committed_values().await, ["kept"]);
     })
     .await
 }
@@ -818,18 +838,11 @@ async fn commit_answered_with_an_unknown_code_is_never_aborted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_timed_out_then_refused_is_never_aborted() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-timeout-then-error", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-then"))
-                .await
-                .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
-            .await
-            .unwrap();
+        let setup = Setup::new("faults-timeout-then-error").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .open_transaction(txn_config("faults-then"), ["kept"])
+            .await;
         let lost = proxy.add_rule(Rule::new(ApiKey::EndTxn, Fault::DropResponse).nth(1));
         // TRANSACTION_ABORTABLE (120) on every later EndTxn.
         let refused = proxy.add_rule(Rule::new(
@@ -844,24 +857,10 @@ async fn commit_timed_out_then_refused_is_never_aborted() {
             proxy.fired(refused) >= 1,
             "the retry was not answered with an error"
         );
-        assert_first_end_txn_applied(&proxy);
-        let abort = producer.abort().await;
-        assert!(
-            abort.is_err(),
-            "abort after the commit was accepted: {abort:?}"
-        );
-        assert_no_abort_sent(&proxy);
-        assert!(
-            matches!(
-                result,
-                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
-                    | Err(ClientError::CommitOutcomeUnknown { .. })
-                    | Err(ClientError::OutcomeUnknown { .. })
-            ),
-            "a commit that may have applied must be re-checked or reported as unknown, got \
-             {result:?}"
-        );
-        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+        setup
+            .assert_applied_commit_kept(&producer, &result, "a commit that may have applied")
+            .await;
+        assert_eq!(setup.committed_values().await, ["kept"]);
     })
     .await
 }
@@ -872,31 +871,23 @@ async fn commit_timed_out_then_refused_is_never_aborted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_produce_retried_after_a_lost_answer_commits_once() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-txn-produce", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
+        let setup = Setup::new("faults-txn-produce").await;
         let mut config = txn_config("faults-txn-produce");
         config.producer.linger_ms = 0;
         config.producer.batch_bytes_max = 256;
-        let producer = TransactionalProducer::init(proxied_client(&proxy).await, config)
-            .await
-            .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        let cut = proxy.add_rule(Rule::new(ApiKey::Produce, Fault::CutAfterResponse).nth(2));
-        for i in 0..200 {
-            producer
-                .send(ProducerRecord::new(topic.as_str(), format!("t{i:04}")).with_partition(0))
-                .await
-                .unwrap();
-        }
+        let producer = setup.transactional(config).await;
+        let cut = setup
+            .proxy
+            .add_rule(Rule::new(ApiKey::Produce, Fault::CutAfterResponse).nth(2));
+        let expected = numbered("t", 200);
+        setup.begin_and_send(&producer, &expected).await;
         let outcome = producer
             .commit()
             .await
             .expect("commit after the lost answer");
         assert_eq!(outcome, TxnOutcome::Committed);
-        assert_eq!(proxy.fired(cut), 1, "the Produce answer was not cut");
-        let expected: Vec<String> = (0..200).map(|i| format!("t{i:04}")).collect();
-        assert_eq!(committed_values(&direct, &topic).await, expected);
+        assert_eq!(setup.proxy.fired(cut), 1, "the Produce answer was not cut");
+        assert_eq!(setup.committed_values().await, expected);
     })
     .await
 }
@@ -907,18 +898,11 @@ async fn transactional_produce_retried_after_a_lost_answer_commits_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_abort_answer_is_retried() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-abort", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-abort"))
-                .await
-                .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "aborted").with_partition(0))
-            .await
-            .unwrap();
+        let setup = Setup::new("faults-abort").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .open_transaction(txn_config("faults-abort"), ["aborted"])
+            .await;
         producer.flush().await.unwrap();
         let cut = proxy.add_rule(cut_first_applied_end_txn());
         let outcome = producer.abort().await;
@@ -930,17 +914,10 @@ async fn lost_abort_answer_is_retried() {
             ),
             "an abort the broker applied, retried once, was reported as {outcome:?}"
         );
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
-            .await
-            .unwrap();
-        let next = producer.commit().await;
-        assert!(
-            matches!(next, Ok(TxnOutcome::Committed)),
-            "the transaction after a retried abort failed: {next:?}"
-        );
-        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+        setup
+            .assert_next_transaction_commits(&producer, "kept", "a retried abort")
+            .await;
+        assert_eq!(setup.committed_values().await, ["kept"]);
     })
     .await
 }
@@ -952,24 +929,12 @@ async fn lost_abort_answer_is_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epoch_bump_with_a_lost_answer_recovers() {
     bounded(async {
-        let direct = client().await;
-        let topic = unique_topic("faults-bump-lost");
-        Admin::new(direct.clone())
-            .create_topic(&topic, 1, &[("message.timestamp.before.max.ms", "3600000")])
-            .await
-            .expect("create topic");
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer = TransactionalProducer::init(
-            proxied_client(&proxy).await,
-            txn_config("faults-bump-lost"),
-        )
-        .await
-        .expect("init through the proxy");
+        let setup = Setup::rejecting_old_records("faults-bump-lost").await;
+        let proxy = &setup.proxy;
+        let producer = setup.transactional(txn_config("faults-bump-lost")).await;
         let ids = producer.producer_id().await;
         producer.begin().await.unwrap();
-        let mut old = ProducerRecord::new(topic.as_str(), "rejected").with_partition(0);
-        old.timestamp_ms = Some(1_000);
-        let ack = producer.send(old).await.unwrap();
+        let ack = send_too_old_record(&producer, &setup).await;
         assert!(
             producer.flush().await.is_err(),
             "the old record was accepted"
@@ -1008,17 +973,10 @@ async fn epoch_bump_with_a_lost_answer_recovers() {
         assert_eq!(pid, ids.0, "KIP-360 keeps the producer id");
         assert!(epoch > ids.1, "the epoch was not bumped");
 
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "kept").with_partition(0))
-            .await
-            .unwrap();
-        let next = producer.commit().await;
-        assert!(
-            matches!(next, Ok(TxnOutcome::Committed)),
-            "the transaction after a retried epoch bump failed: {next:?}"
-        );
-        assert_eq!(committed_values(&direct, &topic).await, ["kept"]);
+        setup
+            .assert_next_transaction_commits(&producer, "kept", "a retried epoch bump")
+            .await;
+        assert_eq!(setup.committed_values().await, ["kept"]);
     })
     .await
 }
@@ -1030,18 +988,11 @@ async fn epoch_bump_with_a_lost_answer_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_slower_than_the_request_timeout_succeeds_once() {
     bounded(async {
-        let direct = client().await;
-        let topic = create_topic(&direct, "faults-slow-commit", 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        let producer =
-            TransactionalProducer::init(proxied_client(&proxy).await, txn_config("faults-slow"))
-                .await
-                .expect("init through the proxy");
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "first").with_partition(0))
-            .await
-            .unwrap();
+        let setup = Setup::new("faults-slow-commit").await;
+        let proxy = &setup.proxy;
+        let producer = setup
+            .open_transaction(txn_config("faults-slow"), ["first"])
+            .await;
         let slow = proxy.add_rule(
             Rule::new(
                 ApiKey::EndTxn,
@@ -1055,25 +1006,12 @@ async fn commit_slower_than_the_request_timeout_succeeds_once() {
             proxy.requests_of(ApiKey::EndTxn).len() >= 2,
             "the client did not retry the slow EndTxn"
         );
-        assert!(
-            matches!(
-                result,
-                Ok(TxnOutcome::Committed | TxnOutcome::AlreadyCommitted)
-            ),
-            "a slow commit was reported as {result:?}"
-        );
-        producer.begin().await.unwrap();
-        producer
-            .send(ProducerRecord::new(topic.as_str(), "second").with_partition(0))
-            .await
-            .unwrap();
-        let next = producer.commit().await;
-        assert!(
-            matches!(next, Ok(TxnOutcome::Committed)),
-            "the transaction after a slow commit failed: {next:?}"
-        );
-        assert_no_abort_sent(&proxy);
-        assert_eq!(committed_values(&direct, &topic).await, ["first", "second"]);
+        assert_committed(&result, "a slow commit");
+        setup
+            .assert_next_transaction_commits(&producer, "second", "a slow commit")
+            .await;
+        assert_no_abort_sent(proxy);
+        assert_eq!(setup.committed_values().await, ["first", "second"]);
     })
     .await
 }
