@@ -3,7 +3,7 @@
 //! the wrong moment). Real time with short timeouts; every test is bounded by the coordinator
 //! deadline.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,51 @@ async fn send(p: &TransactionalProducer, value: &str) {
     delivery.await.expect("delivered");
 }
 
+/// A fake cluster at transactions version `txn_version`, and a producer against it with a
+/// transaction open that holds one delivered record, "a".
+async fn open_transaction(txn_version: i16) -> (FakeCluster, TransactionalProducer) {
+    let fake = FakeCluster::start(txn_version).await;
+    let p = producer(&fake).await;
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    (fake, p)
+}
+
+/// Scripts every EndTxn with `script(attempt)`, `attempt` counting from 0; the returned
+/// notification fires as each EndTxn reaches the fake (before its reply).
+fn on_end_txn(
+    fake: &FakeCluster,
+    mut script: impl FnMut(u32) -> Reply + Send + 'static,
+) -> Arc<tokio::sync::Notify> {
+    let seen = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&seen);
+    let mut attempt = 0;
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        notify.notify_one();
+        attempt += 1;
+        script(attempt - 1)
+    });
+    seen
+}
+
+/// An EndTxn answer carrying `code`.
+fn end_txn_error(code: i16) -> Reply {
+    Reply::Answer(ResponseKind::EndTxn(
+        EndTxnResponse::default().with_error_code(code),
+    ))
+}
+
+/// A commit that went through, whether or not the producer heard the first answer.
+fn assert_committed(outcome: TxnOutcome) {
+    assert!(
+        matches!(
+            outcome,
+            TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
+        ),
+        "{outcome:?}"
+    );
+}
+
 /// Drops every EndTxn answer (after applying the request) while `armed`.
 fn lose_end_txn_answers(fake: &FakeCluster) -> Arc<AtomicBool> {
     let armed = Arc::new(AtomicBool::new(true));
@@ -55,16 +100,9 @@ fn lose_end_txn_answers(fake: &FakeCluster) -> Arc<AtomicBool> {
 /// epoch the next transaction is fenced.
 #[tokio::test]
 async fn commit_recovered_by_describe_takes_the_coordinators_epoch() {
-    let fake = FakeCluster::start(2).await;
-    let p = producer(&fake).await;
-    p.begin().await.unwrap();
-    send(&p, "a").await;
+    let (fake, p) = open_transaction(2).await;
     let armed = lose_end_txn_answers(&fake);
-    let outcome = p.commit().await.expect("commit");
-    assert!(matches!(
-        outcome,
-        TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
-    ));
+    assert_committed(p.commit().await.expect("commit"));
     armed.store(false, Ordering::SeqCst);
     let epoch = fake.lock().producer_epoch;
     assert_eq!(p.producer_id().await, (1000, epoch));
@@ -83,15 +121,8 @@ async fn commit_recovered_by_describe_takes_the_coordinators_epoch() {
 #[tokio::test]
 async fn unexpected_end_txn_code_leaves_the_commit_unknown_and_refuses_abort() {
     for code in [-1, 9999] {
-        let fake = FakeCluster::start(2).await;
-        let p = producer(&fake).await;
-        p.begin().await.unwrap();
-        send(&p, "a").await;
-        fake.on(ApiKey::EndTxn, move |_, _| {
-            Reply::Answer(ResponseKind::EndTxn(
-                EndTxnResponse::default().with_error_code(code),
-            ))
-        });
+        let (fake, p) = open_transaction(2).await;
+        on_end_txn(&fake, move |_| end_txn_error(code));
         let err = p
             .commit()
             .await
@@ -110,44 +141,22 @@ async fn unexpected_end_txn_code_leaves_the_commit_unknown_and_refuses_abort() {
 /// failing with another (non-retriable) code must not make the commit look refused.
 #[tokio::test]
 async fn timed_out_commit_then_other_error_stays_maybe_applied() {
-    let fake = FakeCluster::start(2).await;
-    let p = producer(&fake).await;
-    p.begin().await.unwrap();
-    send(&p, "a").await;
+    let (fake, p) = open_transaction(2).await;
     // First attempt: applied, answer lost. Second: TRANSACTION_ABORTABLE.
-    let calls = Arc::new(AtomicU32::new(0));
-    let seen = Arc::clone(&calls);
-    fake.on(ApiKey::EndTxn, move |_, _| {
-        match seen.fetch_add(1, Ordering::SeqCst) {
-            0 => Reply::ApplyAndDrop,
-            _ => Reply::Answer(ResponseKind::EndTxn(
-                EndTxnResponse::default().with_error_code(120),
-            )),
-        }
+    on_end_txn(&fake, |attempt| match attempt {
+        0 => Reply::ApplyAndDrop,
+        _ => end_txn_error(120),
     });
     // The coordinator shows the commit (one epoch later): it did commit.
-    let outcome = p.commit().await.expect("commit");
-    assert!(matches!(
-        outcome,
-        TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
-    ));
+    assert_committed(p.commit().await.expect("commit"));
     assert_eq!(fake.lock().end_txns, vec![(0, true)]);
 
     // Same, but the first attempt was not applied: the coordinator still shows the transaction
     // open, and nothing proves the commit did not happen: unknown, never aborted.
-    let fake = FakeCluster::start(2).await;
-    let p = producer(&fake).await;
-    p.begin().await.unwrap();
-    send(&p, "a").await;
-    let calls = Arc::new(AtomicU32::new(0));
-    let seen = Arc::clone(&calls);
-    fake.on(ApiKey::EndTxn, move |_, _| {
-        match seen.fetch_add(1, Ordering::SeqCst) {
-            0 => Reply::DelayThenDefault(Duration::from_secs(5)),
-            _ => Reply::Answer(ResponseKind::EndTxn(
-                EndTxnResponse::default().with_error_code(120),
-            )),
-        }
+    let (fake, p) = open_transaction(2).await;
+    on_end_txn(&fake, |attempt| match attempt {
+        0 => Reply::DelayThenDefault(Duration::from_secs(5)),
+        _ => end_txn_error(120),
     });
     let err = p.commit().await.expect_err("commit");
     assert!(
@@ -196,10 +205,8 @@ async fn send_racing_commit_never_lands_in_the_next_transaction() {
 
 /// One run of the race above, ending with `commit` or with `prepare` then `commit`.
 async fn send_racing_end(prepare_first: bool) {
-    let fake = FakeCluster::start(2).await;
-    let p = Arc::new(producer(&fake).await);
-    p.begin().await.unwrap();
-    send(&p, "a").await;
+    let (fake, p) = open_transaction(2).await;
+    let p = Arc::new(p);
     let slow_seen = Arc::new(tokio::sync::Notify::new());
     let notify = Arc::clone(&slow_seen);
     fake.on(ApiKey::Metadata, move |_, request| {
@@ -267,14 +274,9 @@ async fn send_racing_end(prepare_first: bool) {
 /// waits for its coordinator, and a send in that window is refused at once, saying why.
 #[tokio::test]
 async fn state_metrics_and_send_do_not_wait_for_a_running_commit() {
-    let fake = FakeCluster::start(2).await;
-    let p = Arc::new(producer(&fake).await);
-    p.begin().await.unwrap();
-    send(&p, "a").await;
-    let end_txn_seen = Arc::new(tokio::sync::Notify::new());
-    let notify = Arc::clone(&end_txn_seen);
-    fake.on(ApiKey::EndTxn, move |_, _| {
-        notify.notify_one();
+    let (fake, p) = open_transaction(2).await;
+    let p = Arc::new(p);
+    let end_txn_seen = on_end_txn(&fake, |_| {
         Reply::DelayThenDefault(Duration::from_millis(300))
     });
     let committer = Arc::clone(&p);
@@ -325,21 +327,10 @@ async fn version_1_adds_a_partition_once_for_concurrent_sends() {
 /// transaction and continues on the new epoch.
 #[tokio::test]
 async fn commit_cancelled_during_end_txn_is_finished_by_calling_it_again() {
-    let fake = FakeCluster::start(2).await;
-    let p = producer(&fake).await;
-    p.begin().await.unwrap();
-    send(&p, "a").await;
-    let calls = Arc::new(AtomicU32::new(0));
-    let seen = Arc::clone(&calls);
-    let end_txn_seen = Arc::new(tokio::sync::Notify::new());
-    let notify = Arc::clone(&end_txn_seen);
-    fake.on(ApiKey::EndTxn, move |_, _| {
-        notify.notify_one();
-        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::DelayThenDefault(Duration::from_millis(300))
-        } else {
-            Reply::Default
-        }
+    let (fake, p) = open_transaction(2).await;
+    let end_txn_seen = on_end_txn(&fake, |attempt| match attempt {
+        0 => Reply::DelayThenDefault(Duration::from_millis(300)),
+        _ => Reply::Default,
     });
     // Drop the commit once its EndTxn has reached the coordinator (its answer is delayed).
     tokio::select! {
@@ -356,11 +347,7 @@ async fn commit_cancelled_during_end_txn_is_finished_by_calling_it_again() {
         abort.to_string(),
         "cannot abort in transaction state committing"
     );
-    let outcome = p.commit().await.expect("commit again");
-    assert!(matches!(
-        outcome,
-        TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
-    ));
+    assert_committed(p.commit().await.expect("commit again"));
     assert_eq!(p.producer_id().await, (1000, 1));
     p.begin().await.unwrap();
     send(&p, "b").await;
