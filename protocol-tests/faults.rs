@@ -76,23 +76,20 @@ struct Setup {
 
 impl Setup {
     async fn new(prefix: &str) -> Self {
-        let direct = client().await;
-        let topic = create_topic(&direct, prefix, 1).await;
-        let proxy = FaultProxy::start(brokers()).await;
-        Self {
-            direct,
-            topic,
-            proxy,
-        }
+        Self::with_topic_config(prefix, &[]).await
     }
 
     /// As `new`, but the topic rejects records older than an hour (INVALID_TIMESTAMP): see
     /// [`send_too_old_record`].
     async fn rejecting_old_records(prefix: &str) -> Self {
+        Self::with_topic_config(prefix, &[("message.timestamp.before.max.ms", "3600000")]).await
+    }
+
+    async fn with_topic_config(prefix: &str, topic_config: &[(&str, &str)]) -> Self {
         let direct = client().await;
         let topic = unique_topic(prefix);
         Admin::new(direct.clone())
-            .create_topic(&topic, 1, &[("message.timestamp.before.max.ms", "3600000")])
+            .create_topic(&topic, 1, topic_config)
             .await
             .expect("create topic");
         let proxy = FaultProxy::start(brokers()).await;
