@@ -21,6 +21,8 @@
 //!   [`commit_prepared`]/[`abort_prepared`], which send EndTxn with the stored id and epoch and
 //!   never call InitProducerId (which would abort it). Flink does the same by reflection.
 
+mod marker;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
