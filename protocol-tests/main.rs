@@ -8,6 +8,7 @@ mod common;
 
 mod admin;
 mod interop;
+mod prepared_outcome;
 mod produce_fetch;
 mod transactions;
 mod transactions_java;

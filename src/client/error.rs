@@ -166,6 +166,23 @@ pub enum ClientError {
         /// What the coordinator said (error code and transaction state).
         reason: String,
     },
+    /// How a prepared transaction ended cannot be learned: the coordinator has moved on to a
+    /// later transaction of the same id and the partition logs no longer show the transaction's
+    /// marker (deleted, truncated or compacted), or the search did not finish in time. Nothing
+    /// was committed or aborted by this call.
+    #[error("outcome of prepared transaction {transactional_id:?} (producer {producer_id}, epoch {producer_epoch}) is unknown, so it was not {action}: {reason}")]
+    PreparedTxnOutcomeUnknown {
+        /// `committed` or `aborted`: what was asked.
+        action: &'static str,
+        /// The transactional id.
+        transactional_id: String,
+        /// The stored producer id.
+        producer_id: i64,
+        /// The stored epoch.
+        producer_epoch: i16,
+        /// What the logs and the coordinator said.
+        reason: String,
+    },
     /// The transaction timeout is larger than the broker allows.
     #[error("transaction timeout {timeout_ms} ms exceeds the broker's transaction.max.timeout.ms ({broker_max_ms} ms)")]
     TransactionTimeoutTooLarge {
@@ -225,6 +242,7 @@ impl ClientError {
             Self::Connection(e) if e.is_disconnect() => Class::Retriable,
             Self::NoBrokers { .. } => Class::Retriable,
             Self::DeliveryTimeout { .. } => Class::UnknownOutcome,
+            Self::PreparedTxnOutcomeUnknown { .. } => Class::UnknownOutcome,
             Self::RetriesExhausted { last, .. } => match last.class() {
                 Class::Retriable => Class::Abortable,
                 other => other,

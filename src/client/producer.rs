@@ -257,6 +257,9 @@ struct State {
     outstanding_records: usize,
     flush_requested: bool,
     fatal: Option<ClientError>,
+    /// Per partition, the base offset of the last batch acknowledged since the last
+    /// [`Producer::take_batch_offsets`]: where a transaction's marker is searched for later.
+    batch_offsets: HashMap<TopicPartition, i64>,
 }
 
 struct Inner {
@@ -355,6 +358,7 @@ impl Producer {
                 outstanding_records: 0,
                 flush_requested: false,
                 fatal: None,
+                batch_offsets: HashMap::new(),
             }),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -485,6 +489,12 @@ impl Producer {
             self.inner.wake.notify_one();
             idle.await;
         }
+    }
+
+    /// Per partition, the base offset of the last batch acknowledged since the previous call
+    /// (a batch acknowledged as a duplicate has no known offset and is left out).
+    pub(crate) fn take_batch_offsets(&self) -> HashMap<TopicPartition, i64> {
+        std::mem::take(&mut self.inner.lock().batch_offsets)
     }
 
     /// The error that stopped the producer, if any.
@@ -884,6 +894,10 @@ fn complete(state: &mut State, batch: Batch, base_offset: i64) {
         }));
     }
     state.outstanding_records -= count;
+    if base_offset >= 0 {
+        let last = state.batch_offsets.entry(batch.tp.clone()).or_insert(base_offset);
+        *last = (*last).max(base_offset);
+    }
     if let Some(pq) = state.partitions.get_mut(&batch.tp) {
         let next = batch.base_sequence.wrapping_add(count as i32) & i32::MAX;
         if seq_before(pq.next_acked_sequence, next) {
