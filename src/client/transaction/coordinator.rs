@@ -1,0 +1,303 @@
+//! Talking to a coordinator: FindCoordinator, the retried call loop used for the transaction
+//! coordinator and for group coordinators (TxnOffsetCommit), DescribeTransactions, the EndTxn
+//! request itself, and the broker-config check of `transaction.max.timeout.ms`.
+//!
+//! FindCoordinator: <https://kafka.apache.org/protocol.html#The_Messages_FindCoordinator>;
+//! DescribeTransactions (KIP-664): <https://cwiki.apache.org/confluence/display/KAFKA/KIP-664%3A+Provide+tooling+to+detect+and+abort+hanging+transactions>.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::connection::{Connection, ConnectionError};
+use crate::protocol::error_codes::{self, codes, Class, Refresh};
+use crate::protocol::messages::messages::{
+    DescribeTransactionsRequest, EndTxnRequest, FindCoordinatorRequest, ProduceRequest, ProducerId,
+    TransactionalId,
+};
+use crate::protocol::messages::{kstr, KafkaRequest};
+
+use super::{PreparedTxn, TxnDescription};
+use crate::client::admin::{Admin, ConfigResource};
+use crate::client::{Client, ClientError};
+
+/// Asks the coordinator what state a transactional id is in.
+///
+/// # Cancel safety
+/// Cancel safe.
+pub async fn describe_transaction(
+    client: &Client,
+    transactional_id: &str,
+) -> Result<TxnDescription, ClientError> {
+    let coordinator = Coordinator::new(client.clone(), transactional_id.to_owned(), 30_000, 20);
+    describe(&coordinator).await
+}
+
+pub(super) async fn describe(coordinator: &Coordinator) -> Result<TxnDescription, ClientError> {
+    let request = DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![TransactionalId(kstr(coordinator.key.clone()))]);
+    let (response, _) = coordinator
+        .call(&request, "DescribeTransactions", |r| {
+            r.transaction_states.first().map_or(0, |s| s.error_code)
+        })
+        .await?;
+    let s = response
+        .transaction_states
+        .into_iter()
+        .next()
+        .ok_or_else(|| ClientError::broker("DescribeTransactions", codes::INVALID_TXN_STATE))?;
+    Ok(TxnDescription {
+        state: s.transaction_state.to_string(),
+        producer_id: s.producer_id.0,
+        producer_epoch: s.producer_epoch,
+        partitions: s
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.topic.0.to_string(), *p))
+            })
+            .collect(),
+    })
+}
+
+/// Sends EndTxn for `prepared` (with retries); returns the producer id and epoch to use next
+/// (the response's, under transactions version 2 — EndTxn v5+ — and `None` before).
+pub(super) async fn send_end_txn(
+    coordinator: &Coordinator,
+    prepared: &PreparedTxn,
+    commit: bool,
+) -> Result<Option<(i64, i16)>, ClientError> {
+    let request = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(kstr(prepared.transactional_id.clone())))
+        .with_producer_id(ProducerId(prepared.producer_id))
+        .with_producer_epoch(prepared.producer_epoch)
+        .with_committed(commit);
+    let (response, version) = coordinator
+        .call(&request, "EndTxn", |r| r.error_code)
+        .await?;
+    // Version 5 (transactions v2) returns the bumped epoch; older versions return none.
+    Ok((version >= 5 && response.producer_id.0 >= 0)
+        .then_some((response.producer_id.0, response.producer_epoch)))
+}
+
+pub(super) fn transaction_version(conn: &Connection) -> i16 {
+    let feature = conn.finalized_feature("transaction.version").unwrap_or(0);
+    let end_txn = conn.version_of::<EndTxnRequest>().unwrap_or(0);
+    let produce = conn.version_of::<ProduceRequest>().unwrap_or(0);
+    if feature >= 2 && end_txn >= 5 && produce >= 12 {
+        2
+    } else {
+        1
+    }
+}
+
+pub(super) async fn check_timeout(
+    client: &Client,
+    node_id: i32,
+    timeout_ms: i32,
+) -> Result<(), ClientError> {
+    let configs = Admin::new(client.clone())
+        .describe_configs(ConfigResource::Broker, &node_id.to_string())
+        .await?;
+    let max = configs
+        .iter()
+        .find(|c| c.name == "transaction.max.timeout.ms")
+        .and_then(|c| c.value.as_deref())
+        .and_then(|v| v.parse::<i64>().ok());
+    match max {
+        Some(max) if i64::from(timeout_ms) > max => Err(ClientError::TransactionTimeoutTooLarge {
+            timeout_ms,
+            broker_max_ms: max,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Finds and talks to a coordinator (transaction or group), retrying per the error table.
+pub(super) struct Coordinator {
+    client: Client,
+    key: String,
+    key_type: i8,
+    deadline_ms: u64,
+    concurrent_backoff_ms: u64,
+    cached: std::sync::Mutex<Option<(i32, Arc<Connection>)>>,
+    retries: std::sync::atomic::AtomicU32,
+}
+
+impl Coordinator {
+    pub(super) fn new(
+        client: Client,
+        transactional_id: String,
+        deadline_ms: u64,
+        concurrent_backoff_ms: u64,
+    ) -> Self {
+        Self {
+            client,
+            key: transactional_id,
+            key_type: 1,
+            deadline_ms,
+            concurrent_backoff_ms,
+            cached: std::sync::Mutex::new(None),
+            retries: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    pub(super) fn group(client: Client, group_id: String, deadline_ms: u64) -> Self {
+        Self {
+            key_type: 0,
+            ..Self::new(client, group_id, deadline_ms, 20)
+        }
+    }
+
+    pub(super) fn take_retries(&self) -> u32 {
+        self.retries.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn forget(&self) {
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub(super) async fn connection(&self) -> Result<(i32, Arc<Connection>), ClientError> {
+        let cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((node, conn)) = cached {
+            if conn.poisoned().is_none() {
+                return Ok((node, conn));
+            }
+        }
+        let mut backoff = Backoff::new(self.backoff_config());
+        loop {
+            match self.find().await {
+                Ok(found) => {
+                    *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.clone());
+                    return Ok(found);
+                }
+                Err(e) if e.is_retriable() && backoff.wait().await => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn find(&self) -> Result<(i32, Arc<Connection>), ClientError> {
+        let conn = self.client.any_broker().await?;
+        let version = conn.version_of::<FindCoordinatorRequest>()?;
+        let mut request = FindCoordinatorRequest::default().with_key_type(self.key_type);
+        if version >= 4 {
+            request = request.with_coordinator_keys(vec![kstr(self.key.clone())]);
+        } else {
+            request = request.with_key(kstr(self.key.clone()));
+        }
+        let response = conn.request(&request).await?;
+        let (code, node) = if version >= 4 {
+            let c = response.coordinators.first();
+            (
+                c.map_or(codes::NOT_COORDINATOR, |c| c.error_code),
+                c.map_or(-1, |c| c.node_id.0),
+            )
+        } else {
+            (response.error_code, response.node_id.0)
+        };
+        if code != 0 {
+            return Err(ClientError::broker("FindCoordinator", code));
+        }
+        let conn = self.client.broker(node).await?;
+        Ok((node, conn))
+    }
+
+    pub(super) fn backoff_config(&self) -> BackoffConfig {
+        BackoffConfig {
+            backoff_initial_ms: 50,
+            backoff_max_ms: 1_000,
+            deadline_ms: self.deadline_ms,
+        }
+    }
+
+    /// Sends `request` to the coordinator; `code` extracts the error code to classify.
+    /// Retriable codes and disconnects are retried until the deadline (CONCURRENT_TRANSACTIONS
+    /// with a short fixed backoff); timeouts are retried too, since every coordinator request
+    /// we send is idempotent for the same producer id and epoch.
+    pub(super) async fn call<R: KafkaRequest>(
+        &self,
+        request: &R,
+        api: &'static str,
+        code: impl Fn(&R::Response) -> i16,
+    ) -> Result<(R::Response, i16), ClientError>
+    where
+        R::Response: Send + 'static,
+    {
+        let mut backoff = Backoff::new(self.backoff_config());
+        let mut last: Option<ClientError>;
+        loop {
+            let attempt = async {
+                let (_, conn) = self.connection().await?;
+                Ok::<_, ClientError>(conn.request_versioned(request).await?)
+            }
+            .await;
+            let error = match attempt {
+                Ok((version, response)) => match code(&response) {
+                    0 => return Ok((response, version)),
+                    c => ClientError::broker(api, c),
+                },
+                Err(e) => e,
+            };
+            let wait = match &error {
+                ClientError::Broker { code, .. } => {
+                    if code.refresh == Refresh::Coordinator {
+                        self.forget();
+                    }
+                    match code.class {
+                        Class::Retriable | Class::UnknownOutcome => {
+                            Some(if code.code == codes::CONCURRENT_TRANSACTIONS {
+                                Duration::from_millis(self.concurrent_backoff_ms)
+                            } else {
+                                Duration::ZERO
+                            })
+                        }
+                        _ => None,
+                    }
+                }
+                ClientError::Connection(ConnectionError::Timeout { .. }) => {
+                    self.forget();
+                    Some(Duration::ZERO)
+                }
+                e if e.is_retriable() => {
+                    self.forget();
+                    Some(Duration::ZERO)
+                }
+                _ => None,
+            };
+            last = Some(error);
+            let Some(fixed) = wait else { break };
+            if Instant::now() >= backoff.deadline() {
+                break;
+            }
+            self.retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            debug!(api, error = %last.as_ref().map(ToString::to_string).unwrap_or_default(), "retrying coordinator request");
+            if fixed > Duration::ZERO {
+                tokio::time::sleep(fixed).await;
+            } else if !backoff.wait().await {
+                break;
+            }
+        }
+        let last =
+            last.unwrap_or_else(|| ClientError::broker(api, error_codes::codes::REQUEST_TIMED_OUT));
+        Err(match last.class() {
+            Class::Retriable => ClientError::RetriesExhausted {
+                what: api,
+                attempts: backoff.attempts(),
+                deadline_ms: self.deadline_ms,
+                last: Box::new(last),
+            },
+            _ => last,
+        })
+    }
+}

@@ -1,0 +1,192 @@
+//! The transactional producer: atomic writes across partitions, fencing, and two-phase commit
+//! of *prepared* transactions from a stored identity.
+//!
+//! Protocol (KIP-98, <https://cwiki.apache.org/confluence/display/KAFKA/KIP-98+-+Exactly+Once+Delivery+and+Transactional+Messaging>):
+//! FindCoordinator(transaction) → InitProducerId(transactional id) fences older instances and
+//! aborts their open transaction → per transaction: AddPartitionsToTxn before a partition's
+//! first produce (transactions version 1), Produce with the transactional id, optionally
+//! AddOffsetsToTxn + TxnOffsetCommit (KIP-447) → EndTxn(commit or abort).
+//!
+//! With transactions version 2 (KIP-890, finalized by default on Kafka 4.x) the broker adds
+//! partitions implicitly on the first transactional produce, and every EndTxn bumps the
+//! producer epoch; the new epoch comes back in the EndTxn response and the producer starts its
+//! sequences over.
+//!
+//! Rules this module keeps:
+//! - error codes are classified by the one table in [`crate::protocol::error_codes`];
+//! - a commit whose answer never came is **never** followed by an abort: the producer re-sends
+//!   EndTxn(commit) (idempotent on the coordinator) until its deadline, and if the outcome is
+//!   still unknown it says so ([`ClientError::CommitOutcomeUnknown`](crate::client::ClientError::CommitOutcomeUnknown)) and refuses to abort;
+//! - a prepared transaction ([`PreparedTxn`]) can be committed or aborted by a new process with
+//!   [`commit_prepared`]/[`abort_prepared`], which send EndTxn with the stored id and epoch and
+//!   never call InitProducerId (which would abort it). Flink does the same by reflection.
+//!
+//! Layout: `producer` holds the [`TransactionalProducer`] state machine, `coordinator` the
+//! coordinator lookup and retried call loop (DescribeTransactions, EndTxn, the broker-config
+//! check), `prepared` the EndTxn outcome logic and [`commit_prepared`]/[`abort_prepared`].
+
+mod coordinator;
+mod prepared;
+mod producer;
+
+use serde::{Deserialize, Serialize};
+
+use super::producer::ProducerConfig;
+
+pub use coordinator::describe_transaction;
+pub use prepared::{abort_prepared, commit_prepared};
+pub use producer::TransactionalProducer;
+
+/// Transactional producer settings.
+#[derive(Debug, Clone)]
+pub struct TransactionConfig {
+    /// The transactional id: one per logical writer (e.g. per sink subtask), stable across
+    /// restarts so that a restarted writer fences its previous incarnation.
+    pub transactional_id: String,
+    /// How long the coordinator lets a transaction stay open before aborting it. Must be larger
+    /// than the checkpoint interval plus checkpoint duration when used by a 2PC sink.
+    pub transaction_timeout_ms: i32,
+    /// Settings of the underlying idempotent producer.
+    pub producer: ProducerConfig,
+    /// How long coordinator calls (InitProducerId, EndTxn, ...) keep retrying.
+    pub coordinator_deadline_ms: u64,
+    /// Backoff after CONCURRENT_TRANSACTIONS (the previous transaction is still completing).
+    pub concurrent_txn_backoff_ms: u64,
+}
+
+impl TransactionConfig {
+    /// Settings with defaults for `transactional_id`.
+    pub fn new(transactional_id: impl Into<String>) -> Self {
+        Self {
+            transactional_id: transactional_id.into(),
+            transaction_timeout_ms: 60_000,
+            producer: ProducerConfig::default(),
+            coordinator_deadline_ms: 30_000,
+            concurrent_txn_backoff_ms: 20,
+        }
+    }
+}
+
+/// Where the transactional producer is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TxnState {
+    /// `init` has not succeeded yet.
+    Uninitialized,
+    /// No transaction open.
+    Ready,
+    /// A transaction is open.
+    InTransaction,
+    /// EndTxn(commit) is under way.
+    Committing,
+    /// EndTxn(abort) is under way.
+    Aborting,
+    /// The transaction was flushed and handed out as a [`PreparedTxn`]; it must be committed or
+    /// aborted (here or by another process) before the next one.
+    Prepared,
+    /// The current transaction failed; only `abort` is allowed.
+    AbortableError,
+    /// The producer cannot continue (fenced, not authorized, commit outcome unknown).
+    FatalError,
+}
+
+impl TxnState {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Uninitialized => "uninitialized",
+            Self::Ready => "ready",
+            Self::InTransaction => "in-transaction",
+            Self::Committing => "committing",
+            Self::Aborting => "aborting",
+            Self::Prepared => "prepared",
+            Self::AbortableError => "abortable-error",
+            Self::FatalError => "fatal-error",
+        }
+    }
+}
+
+/// A flushed, not yet committed transaction: everything needed to commit or abort it from
+/// another process. Serialize it (JSON via serde, or with the runtime's snapshots) before
+/// acknowledging a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedTxn {
+    /// The transactional id.
+    pub transactional_id: String,
+    /// The producer id the transaction was written with.
+    pub producer_id: i64,
+    /// The producer epoch the transaction was written with.
+    pub producer_epoch: i16,
+    /// The EndTxn semantics the transaction was written under (KIP-890): 2 when the coordinator
+    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not. Used to recognise a retry of our
+    /// own EndTxn after the epoch moved on.
+    pub transaction_version: i16,
+    /// Nothing was written in it (no records, no offsets): the coordinator never saw it, so
+    /// committing or aborting it is a no-op.
+    #[serde(default)]
+    pub empty: bool,
+}
+
+/// What ending a transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// This call committed it.
+    Committed,
+    /// It had already been committed (a retry, or a second `commit_prepared`).
+    AlreadyCommitted,
+    /// This call aborted it.
+    Aborted,
+    /// It had already been aborted.
+    AlreadyAborted,
+}
+
+/// Counters for the transactional producer (read them with [`TransactionalProducer::metrics`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TxnMetrics {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions aborted.
+    pub aborts: u64,
+    /// Coordinator requests retried.
+    pub retries: u64,
+    /// Commit latencies (EndTxn round trips including retries), in µs, most recent 1024.
+    pub commit_latency_us: Vec<u64>,
+}
+
+/// Consumer-group metadata sent with offsets (KIP-447 fencing of zombie consumers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadata {
+    /// The consumer group.
+    pub group_id: String,
+    /// The group generation (-1 when not using group membership).
+    pub generation_id: i32,
+    /// The member id ("" when not using group membership).
+    pub member_id: String,
+    /// The static member id, if any.
+    pub group_instance_id: Option<String>,
+}
+
+impl GroupMetadata {
+    /// Metadata for a group whose offsets are managed without group membership (as a
+    /// checkpointing runtime does).
+    pub fn standalone(group_id: impl Into<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+        }
+    }
+}
+
+/// The state the coordinator holds for a transactional id (DescribeTransactions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnDescription {
+    /// `Empty`, `Ongoing`, `PrepareCommit`, `CompleteCommit`, `PrepareAbort`, `CompleteAbort`, ...
+    pub state: String,
+    /// Current producer id.
+    pub producer_id: i64,
+    /// Current epoch.
+    pub producer_epoch: i16,
+    /// Partitions in the ongoing transaction.
+    pub partitions: Vec<(String, i32)>,
+}
