@@ -217,7 +217,10 @@ async fn a_transaction_aborted_on_timeout_is_reported_aborted_after_the_id_moved
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(state, "CompleteAbort", "the broker did not abort A on timeout");
+    assert_eq!(
+        state, "CompleteAbort",
+        "the broker did not abort A on timeout"
+    );
 
     let second = TransactionalProducer::init(client.clone(), TransactionConfig::new(&id))
         .await
@@ -239,7 +242,8 @@ async fn a_transaction_aborted_on_timeout_is_reported_aborted_after_the_id_moved
         "expected PreparedTxnLost, got {err:?}"
     );
     assert!(
-        err.to_string().contains("cannot be committed: it was aborted"),
+        err.to_string()
+            .contains("cannot be committed: it was aborted"),
         "{err}"
     );
     assert_eq!(

@@ -192,7 +192,10 @@ async fn transactions_version_1() {
         TxnOutcome::Committed
     );
     settle(&client, &moved, 1).await;
-    let mut ab: Vec<String> = a.into_iter().chain((0..5).map(|i| format!("b-{i}"))).collect();
+    let mut ab: Vec<String> = a
+        .into_iter()
+        .chain((0..5).map(|i| format!("b-{i}")))
+        .collect();
     ab.sort();
     assert_eq!(
         moved_values(read_all(&client, &moved, 0, Isolation::ReadCommitted).await),

@@ -895,7 +895,10 @@ fn complete(state: &mut State, batch: Batch, base_offset: i64) {
     }
     state.outstanding_records -= count;
     if base_offset >= 0 {
-        let last = state.batch_offsets.entry(batch.tp.clone()).or_insert(base_offset);
+        let last = state
+            .batch_offsets
+            .entry(batch.tp.clone())
+            .or_insert(base_offset);
         *last = (*last).max(base_offset);
     }
     if let Some(pq) = state.partitions.get_mut(&batch.tp) {

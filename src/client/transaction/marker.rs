@@ -20,8 +20,6 @@
 //! the log cannot tell ([`LogEvidence::Unknown`]) — we never take another transaction's marker
 //! for ours.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -150,9 +148,9 @@ impl MarkerSearch {
                 Ok(other) => {
                     return Ok(Step::Done(LogEvidence::Unknown {
                         reason: format!(
-                            "the control batch at offset {} is not a transaction marker ({other:?})",
-                            header.base_offset
-                        ),
+                        "the control batch at offset {} is not a transaction marker ({other:?})",
+                        header.base_offset
+                    ),
                     }))
                 }
                 // The log cleaner keeps a marker's batch but may empty it (KIP-98): the batch
@@ -358,9 +356,6 @@ async fn fetch_raw(
     }
 }
 
-/// A pause between searches while markers are being written.
-pub(crate) const MARKER_WAIT: Duration = Duration::from_millis(50);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,7 +476,10 @@ mod tests {
                 .step(10, vec![batch(data(10, 1, 9, 0), None)])
                 .unwrap(),
         );
-        assert!(r.contains("not this transaction's (producer 7 epoch 3)"), "{r}");
+        assert!(
+            r.contains("not this transaction's (producer 7 epoch 3)"),
+            "{r}"
+        );
         // Same producer, other epoch (an earlier or later transaction).
         let r = reason(
             search()

@@ -26,6 +26,7 @@
 //! check), `prepared` the EndTxn outcome logic and [`commit_prepared`]/[`abort_prepared`].
 
 mod coordinator;
+mod marker;
 mod prepared;
 mod producer;
 
@@ -106,9 +107,20 @@ impl TxnState {
 }
 
 /// A flushed, not yet committed transaction: everything needed to commit or abort it from
-/// another process. Serialize it (JSON via serde, or with the runtime's snapshots) before
-/// acknowledging a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// another process, and to learn later how it ended. Store it before acknowledging a
+/// checkpoint: as JSON (serde; `exactly txn prepare --out`) or archived with rkyv (the
+/// runtime's snapshots; `rkyv::to_bytes` / `rkyv::from_bytes`, validated on read).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct PreparedTxn {
     /// The transactional id.
     pub transactional_id: String,
@@ -117,13 +129,38 @@ pub struct PreparedTxn {
     /// The producer epoch the transaction was written with.
     pub producer_epoch: i16,
     /// The EndTxn semantics the transaction was written under (KIP-890): 2 when the coordinator
-    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not. Used to recognise a retry of our
-    /// own EndTxn after the epoch moved on.
+    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not.
     pub transaction_version: i16,
     /// Nothing was written in it (no records, no offsets): the coordinator never saw it, so
     /// committing or aborting it is a no-op.
     #[serde(default)]
     pub empty: bool,
+    /// Where its records are: per partition, the base offset of the last batch it wrote. Its
+    /// marker follows them in each of these logs, which is how [`commit_prepared`] learns the
+    /// outcome once the transactional id has moved on (absent in files written before).
+    #[serde(default)]
+    pub partitions: Vec<PreparedPartition>,
+}
+
+/// Where a prepared transaction wrote in one partition (see [`PreparedTxn::partitions`]).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct PreparedPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The base offset of the last batch the transaction wrote there.
+    pub last_batch_offset: i64,
 }
 
 /// What ending a transaction did.

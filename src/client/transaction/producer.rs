@@ -19,7 +19,10 @@ use crate::protocol::messages::messages::{
 
 use super::coordinator::{check_timeout, transaction_version, Coordinator};
 use super::prepared::end_txn;
-use super::{GroupMetadata, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome, TxnState};
+use super::{
+    GroupMetadata, PreparedPartition, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome,
+    TxnState,
+};
 use crate::client::producer::{DeliveryFuture, Producer, ProducerRecord};
 use crate::client::{Client, ClientError};
 
@@ -157,6 +160,8 @@ impl TransactionalProducer {
         inner.state = TxnState::InTransaction;
         inner.partitions.clear();
         inner.offsets_added = false;
+        // Offsets acknowledged before this transaction are not its own.
+        self.producer.take_batch_offsets();
         debug!(transactional_id = %self.config.transactional_id, "transaction begun");
         Ok(())
     }
@@ -367,12 +372,27 @@ impl TransactionalProducer {
             return Err(inner.fail(e));
         }
         inner.state = TxnState::Prepared;
+        // Where its marker will be looked for once the transactional id has moved on.
+        let mut partitions: Vec<PreparedPartition> = self
+            .producer
+            .take_batch_offsets()
+            .into_iter()
+            .map(
+                |((topic, partition), last_batch_offset)| PreparedPartition {
+                    topic,
+                    partition,
+                    last_batch_offset,
+                },
+            )
+            .collect();
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(PreparedTxn {
             transactional_id: self.config.transactional_id.clone(),
             producer_id: inner.producer_id,
             producer_epoch: inner.producer_epoch,
             transaction_version: self.end_txn_version,
             empty: inner.partitions.is_empty() && !inner.offsets_added,
+            partitions,
         })
     }
 
@@ -385,6 +405,7 @@ impl TransactionalProducer {
             producer_epoch: inner.producer_epoch,
             transaction_version: self.end_txn_version,
             empty: inner.partitions.is_empty() && !inner.offsets_added,
+            partitions: Vec::new(),
         };
         // An empty transaction never reached the coordinator (which would answer
         // INVALID_TXN_STATE): there is nothing to end. A checkpoint without data is common.
