@@ -77,8 +77,14 @@ pub(super) async fn send_end_txn(
         .with_producer_id(ProducerId(prepared.producer_id))
         .with_producer_epoch(prepared.producer_epoch)
         .with_committed(commit);
+    // EndTxn v5 bumps the epoch (KIP-890): only for a transaction written under version 2.
+    let version_max = if prepared.transaction_version >= 2 {
+        i16::MAX
+    } else {
+        4
+    };
     let (response, version) = coordinator
-        .call(&request, "EndTxn", |r| r.error_code)
+        .call_at_most(&request, "EndTxn", version_max, |r| r.error_code)
         .await?;
     // Version 5 (transactions v2) returns the bumped epoch; older versions return none.
     Ok((version >= 5 && response.producer_id.0 >= 0)
@@ -233,12 +239,26 @@ impl Coordinator {
     where
         R::Response: Send + 'static,
     {
+        self.call_at_most(request, api, i16::MAX, code).await
+    }
+
+    /// [`Coordinator::call`] at no higher version than `version_max`.
+    pub(super) async fn call_at_most<R: KafkaRequest>(
+        &self,
+        request: &R,
+        api: &'static str,
+        version_max: i16,
+        code: impl Fn(&R::Response) -> i16,
+    ) -> Result<(R::Response, i16), ClientError>
+    where
+        R::Response: Send + 'static,
+    {
         let mut backoff = Backoff::new(self.backoff_config());
         let mut last: Option<ClientError>;
         loop {
             let attempt = async {
                 let (_, conn) = self.connection().await?;
-                Ok::<_, ClientError>(conn.request_versioned(request).await?)
+                Ok::<_, ClientError>(conn.request_versioned_max(request, version_max).await?)
             }
             .await;
             let error = match attempt {

@@ -13,8 +13,8 @@ use crate::protocol::messages::messages::{
     add_partitions_to_txn_request::AddPartitionsToTxnTopic,
     txn_offset_commit_request::TxnOffsetCommitRequestPartition,
     txn_offset_commit_request::TxnOffsetCommitRequestTopic, AddOffsetsToTxnRequest,
-    AddPartitionsToTxnRequest, EndTxnRequest, GroupId, InitProducerIdRequest, ProducerId,
-    TopicName, TransactionalId, TxnOffsetCommitRequest,
+    AddPartitionsToTxnRequest, GroupId, InitProducerIdRequest, ProducerId, TopicName,
+    TransactionalId, TxnOffsetCommitRequest,
 };
 
 use super::coordinator::{check_timeout, transaction_version, Coordinator};
@@ -46,7 +46,8 @@ pub struct TransactionalProducer {
     transaction_version: i16,
     /// The EndTxn semantics in effect, recorded in [`PreparedTxn`]: 2 when EndTxn is sent at v5+,
     /// whose answer carries a bumped epoch (KIP-890). A broker applies that per request version,
-    /// even where the `transaction.version` feature is still 1.
+    /// even where the `transaction.version` feature is still 1, so v5 is sent only when the
+    /// feature is 2 (equal to `transaction_version`).
     end_txn_version: i16,
     inner: Mutex<Inner>,
 }
@@ -84,11 +85,9 @@ impl TransactionalProducer {
             let (node_id, conn) = coordinator.connection().await?;
             check_timeout(&client, node_id, config.transaction_timeout_ms).await?;
             let transaction_version = transaction_version(&conn);
-            let end_txn_version = if conn.version_of::<EndTxnRequest>().unwrap_or(0) >= 5 {
-                2
-            } else {
-                1
-            };
+            // EndTxn v5 (epoch bump) only where the cluster enabled transactions version 2,
+            // as the Java client does: a broker would apply it per request even at version 1.
+            let end_txn_version = transaction_version;
             let request = InitProducerIdRequest::default()
                 .with_transactional_id(Some(TransactionalId(kstr(config.transactional_id.clone()))))
                 .with_transaction_timeout_ms(config.transaction_timeout_ms)
