@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use exactly::client::admin::Isolation;
+use exactly::client::admin::{Admin, Isolation};
 use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{
     abort_prepared, commit_prepared, describe_transaction, TransactionConfig,
@@ -258,4 +258,60 @@ async fn a_transaction_aborted_on_timeout_is_reported_aborted_after_the_id_moved
     let mut want = [b, c].concat();
     want.sort();
     assert_eq!(visible(&client, &topic).await, want);
+}
+
+/// When the coordinator has moved on and the logs no longer hold the transaction (its topic was
+/// deleted), the outcome is honestly unknown: a committed transaction is never called lost, and
+/// the open transaction of the same id is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_the_logs_no_longer_hold_is_unknown() {
+    let client = client().await;
+    let gone = create_topic(&client, "outcome-gone", 1).await;
+    let kept = create_topic(&client, "outcome-kept", 1).await;
+    let id = unique_topic("outcome-gone");
+    let producer = TransactionalProducer::init(client.clone(), TransactionConfig::new(&id))
+        .await
+        .unwrap();
+    producer.begin().await.unwrap();
+    send(&producer, &gone, &lines("a", 3)).await;
+    let prepared_a = producer.prepare().await.unwrap();
+    assert_eq!(
+        prepared_a.partitions.len(),
+        1,
+        "the partition written is recorded: {prepared_a:?}"
+    );
+    assert_eq!(producer.commit().await.unwrap(), TxnOutcome::Committed);
+    producer.begin().await.unwrap();
+    send(&producer, &kept, &lines("b", 3)).await;
+    producer.prepare().await.unwrap();
+    let open = describe_transaction(&client, &id).await.unwrap();
+    settle(&client, &gone, 1).await;
+    Admin::new(client.clone())
+        .delete_topics(&[gone.as_str()])
+        .await
+        .unwrap();
+
+    for (commit, action) in [(true, "committed"), (false, "aborted")] {
+        let result = if commit {
+            commit_prepared(&client, &prepared_a, 30_000).await
+        } else {
+            abort_prepared(&client, &prepared_a, 30_000).await
+        };
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, ClientError::PreparedTxnOutcomeUnknown { .. }),
+            "expected PreparedTxnOutcomeUnknown, got {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("is unknown; it could not be {action}: {gone}/0: "))
+                && message.contains("the coordinator is in state Ongoing"),
+            "{message}"
+        );
+    }
+    assert_eq!(describe_transaction(&client, &id).await.unwrap(), open);
+    assert!(visible(&client, &kept).await.is_empty(), "B is still open");
+    assert_eq!(producer.commit().await.unwrap(), TxnOutcome::Committed);
+    settle(&client, &kept, 1).await;
+    assert_eq!(visible(&client, &kept).await, lines("b", 3));
 }

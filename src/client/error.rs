@@ -168,9 +168,9 @@ pub enum ClientError {
     },
     /// How a prepared transaction ended cannot be learned: the coordinator has moved on to a
     /// later transaction of the same id and the partition logs no longer show the transaction's
-    /// marker (deleted, truncated or compacted), or the search did not finish in time. Nothing
-    /// was committed or aborted by this call.
-    #[error("outcome of prepared transaction {transactional_id:?} (producer {producer_id}, epoch {producer_epoch}) is unknown, so it was not {action}: {reason}")]
+    /// marker (deleted, truncated or compacted), or the search did not finish in time. This
+    /// call did not end it, unless `reason` says that an EndTxn it sent may have applied.
+    #[error("outcome of prepared transaction {transactional_id:?} (producer {producer_id}, epoch {producer_epoch}) is unknown; it could not be {action}: {reason}")]
     PreparedTxnOutcomeUnknown {
         /// `committed` or `aborted`: what was asked.
         action: &'static str,

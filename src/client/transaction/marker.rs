@@ -57,8 +57,8 @@ pub(crate) enum LogEvidence {
     /// The transaction's batch is in the log and no marker of it up to the high watermark: the
     /// transaction has not ended (or its markers are being written).
     Open {
-        /// Where the search stopped.
-        high_watermark: i64,
+        /// Where the search stopped (the high watermark): a later search resumes there.
+        next_offset: i64,
     },
     /// The log cannot tell; the reason says why.
     Unknown {
@@ -206,8 +206,9 @@ const FETCH_PARTITION_BYTES: i32 = 1024 * 1024;
 const DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Reads `topic`/`partition` (read_uncommitted, so that the markers and the open transaction's
-/// batches are visible) from the transaction's batch up to the high watermark, looking for its
-/// marker. An offset no longer in the log, or a topic that no longer exists, is
+/// batches are visible) from `start` up to the high watermark, looking for the transaction's
+/// marker. `start` is the transaction's batch offset, or where an earlier search that found the
+/// transaction open stopped. An offset no longer in the log, or a topic that no longer exists, is
 /// [`LogEvidence::Unknown`]; so is a search that does not finish before `deadline`. Other
 /// failures (no leader, disconnects past the client's retries) are errors.
 ///
@@ -218,9 +219,10 @@ pub(crate) async fn find_marker(
     topic: &str,
     partition: i32,
     search: MarkerSearch,
+    start: i64,
     deadline: Instant,
 ) -> Result<LogEvidence, ClientError> {
-    let mut offset = search.batch_offset;
+    let mut offset = start;
     loop {
         let fetched = tokio::time::timeout_at(
             deadline,
@@ -283,9 +285,7 @@ pub(crate) async fn find_marker(
                         ),
                     });
                 }
-                return Ok(LogEvidence::Open {
-                    high_watermark: fetched.high_watermark,
-                });
+                return Ok(LogEvidence::Open { next_offset });
             }
             Step::Continue { next_offset } if next_offset == offset => {
                 // No whole batch came back below the high watermark (one larger than the fetch

@@ -19,7 +19,9 @@
 //!   still unknown it says so ([`ClientError::CommitOutcomeUnknown`](crate::client::ClientError::CommitOutcomeUnknown)) and refuses to abort;
 //! - a prepared transaction ([`PreparedTxn`]) can be committed or aborted by a new process with
 //!   [`commit_prepared`]/[`abort_prepared`], which send EndTxn with the stored id and epoch and
-//!   never call InitProducerId (which would abort it). Flink does the same by reflection.
+//!   never call InitProducerId (which would abort it). Flink does the same by reflection. Once
+//!   the transactional id has moved on, they learn how it ended from its marker in the
+//!   partition logs and never act on the later transaction (see `prepared`).
 //!
 //! Layout: `producer` holds the [`TransactionalProducer`] state machine, `coordinator` the
 //! coordinator lookup and retried call loop (DescribeTransactions, EndTxn, the broker-config

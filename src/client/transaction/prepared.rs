@@ -97,9 +97,13 @@ async fn finish_prepared(
         backoff_max_ms: 500,
         deadline_ms,
     });
-    // The last failure of an EndTxn this call sent: a commit that may have applied is
-    // reported as such when nothing else can be learned.
-    let mut end_txn_failure: Option<ClientError> = None;
+    // An EndTxn this call sent that failed without a definite answer: it may have applied.
+    let mut maybe_applied: Option<ClientError> = None;
+    let mut resume: Vec<i64> = prepared
+        .partitions
+        .iter()
+        .map(|p| p.last_batch_offset)
+        .collect();
     loop {
         let remaining_ms = deadline
             .saturating_duration_since(Instant::now())
@@ -111,7 +115,7 @@ async fn finish_prepared(
             remaining_ms,
             20,
         );
-        let evidence = read_logs(client, prepared, deadline).await;
+        let evidence = read_logs(client, prepared, &mut resume, deadline).await;
         let description = match evidence {
             Evidence::Ended { .. } => None,
             _ => Some(describe(&coordinator).await),
@@ -123,14 +127,14 @@ async fn finish_prepared(
             ?decision,
             "finishing a prepared transaction"
         );
-        match decision {
+        let wait_reason = match decision {
             Decision::Done(Ok(outcome)) => {
                 // An outcome this call's own EndTxn may have brought about is reported as such.
                 return Ok(match outcome {
-                    TxnOutcome::AlreadyCommitted if end_txn_failure.is_some() => {
+                    TxnOutcome::AlreadyCommitted if maybe_applied.is_some() => {
                         TxnOutcome::Committed
                     }
-                    TxnOutcome::AlreadyAborted if end_txn_failure.is_some() => TxnOutcome::Aborted,
+                    TxnOutcome::AlreadyAborted if maybe_applied.is_some() => TxnOutcome::Aborted,
                     other => other,
                 });
             }
@@ -147,30 +151,50 @@ async fn finish_prepared(
                 // happened. Anything else (authorization, ...) will not get better.
                 Err(e) if look_again_after(&e) => {
                     warn!(error = %e, "EndTxn for a prepared transaction failed; looking again");
-                    end_txn_failure = Some(e);
-                    continue;
+                    let reason = format!("EndTxn failed: {e}");
+                    if !is_rejection(&e) {
+                        maybe_applied = Some(e);
+                    }
+                    reason
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(match maybe_applied {
+                        Some(_) if commit => ClientError::CommitOutcomeUnknown {
+                            transactional_id: prepared.transactional_id.clone(),
+                            cause: Box::new(e),
+                        },
+                        _ => e,
+                    })
+                }
             },
-            Decision::Wait(reason) => {
-                if !backoff.wait().await {
-                    return Err(match end_txn_failure {
-                        Some(cause) if commit && cause.class() == Class::UnknownOutcome => {
-                            ClientError::CommitOutcomeUnknown {
-                                transactional_id: prepared.transactional_id.clone(),
-                                cause: Box::new(cause),
-                            }
-                        }
-                        _ => unknown(
-                            prepared,
-                            commit,
-                            format!("{reason} (gave up after {deadline_ms} ms)"),
-                        ),
-                    });
-                }
-            }
+            Decision::Wait(reason) => reason,
+        };
+        if !backoff.wait().await {
+            return Err(match maybe_applied {
+                Some(cause) if commit => ClientError::CommitOutcomeUnknown {
+                    transactional_id: prepared.transactional_id.clone(),
+                    cause: Box::new(cause),
+                },
+                Some(cause) => unknown(
+                    prepared,
+                    commit,
+                    format!(
+                        "an EndTxn(abort) was sent and may have applied ({cause}); {wait_reason}"
+                    ),
+                ),
+                None => unknown(
+                    prepared,
+                    commit,
+                    format!("{wait_reason} (gave up after {deadline_ms} ms)"),
+                ),
+            });
         }
     }
+}
+
+/// Whether EndTxn was definitely refused (so it did not apply).
+fn is_rejection(e: &ClientError) -> bool {
+    matches!(e, ClientError::Broker { code, .. } if code.class == Class::Fatal)
 }
 
 /// Whether an EndTxn failure may mean that the transaction ended otherwise (or that ours was
@@ -209,20 +233,26 @@ enum Evidence {
     },
 }
 
-/// Reads the recorded partitions in turn until one can tell.
-async fn read_logs(client: &Client, prepared: &PreparedTxn, deadline: Instant) -> Evidence {
+/// Reads the recorded partitions in turn until one can tell. `resume` holds, per recorded
+/// partition, where to search from: a log found open is not read again from the start.
+async fn read_logs(
+    client: &Client,
+    prepared: &PreparedTxn,
+    resume: &mut [i64],
+    deadline: Instant,
+) -> Evidence {
     let mut reasons = Vec::new();
     let mut transient = false;
     if prepared.partitions.is_empty() {
         reasons.push("no partition offsets were recorded with it".to_owned());
     }
-    for p in &prepared.partitions {
+    for (p, start) in prepared.partitions.iter().zip(resume.iter_mut()) {
         let search = MarkerSearch {
             producer_id: prepared.producer_id,
             producer_epoch: prepared.producer_epoch,
             batch_offset: p.last_batch_offset,
         };
-        match find_marker(client, &p.topic, p.partition, search, deadline).await {
+        match find_marker(client, &p.topic, p.partition, search, *start, deadline).await {
             Ok(LogEvidence::Ended { kind, offset, .. }) => {
                 return Evidence::Ended {
                     kind,
@@ -231,11 +261,12 @@ async fn read_logs(client: &Client, prepared: &PreparedTxn, deadline: Instant) -
                     offset,
                 }
             }
-            Ok(LogEvidence::Open { .. }) => {
+            Ok(LogEvidence::Open { next_offset }) => {
+                *start = next_offset;
                 return Evidence::Open {
                     topic: p.topic.clone(),
                     partition: p.partition,
-                }
+                };
             }
             Ok(LogEvidence::Unknown { reason }) => {
                 reasons.push(format!("{}/{}: {reason}", p.topic, p.partition));
@@ -706,8 +737,8 @@ mod tests {
         assert!(matches!(err, ClientError::PreparedTxnOutcomeUnknown { .. }));
         assert_eq!(
             err.to_string(),
-            "outcome of prepared transaction \"t\" (producer 7, epoch 3) is unknown, so it was \
-             not committed: t/1: offset 10 is no longer in the log; the coordinator is in state \
+            "outcome of prepared transaction \"t\" (producer 7, epoch 3) is unknown; it could \
+             not be committed: t/1: offset 10 is no longer in the log; the coordinator is in state \
              CompleteAbort with producer 7 epoch 5"
         );
         // Version 1: Ongoing at our epoch may be a later transaction: never act on it.
