@@ -106,6 +106,16 @@ async fn commit_after_the_id_moved_on_reports_already_committed() {
     tokio::task::spawn_blocking(move || cli_prepare(&t, &i, &l, &f))
         .await
         .unwrap();
+    // The file records where A's last batch is: topic/0, within A's five records.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&a_file).unwrap()).unwrap();
+    let partitions = json["partitions"].as_array().expect("partitions recorded");
+    assert_eq!(partitions.len(), 1, "{json}");
+    assert_eq!(partitions[0]["topic"], topic.as_str(), "{json}");
+    assert_eq!(partitions[0]["partition"], 0, "{json}");
+    assert!(
+        (0..5).contains(&partitions[0]["last_batch_offset"].as_i64().unwrap()),
+        "{json}"
+    );
     let (ok, stdout, stderr) = cli("commit", &a_file);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "Committed");

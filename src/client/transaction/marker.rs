@@ -11,9 +11,11 @@
 //!
 //! Hence the rule this module applies, per partition: starting at the offset of a batch the
 //! transaction wrote, the first control batch of the same producer id is that transaction's
-//! marker. Its epoch is the transaction's (version 1), one more (version 2: the marker carries
-//! the epoch EndTxn bumped to), or two more (version 2, aborted by the coordinator on timeout:
-//! it fences the epoch, then bumps it again when ending) — never less.
+//! marker. Its epoch is the transaction's (ended by EndTxn under version 1) or higher: one more
+//! when EndTxn v5 ended it (version 2: the marker carries the epoch EndTxn bumped to) and when the
+//! coordinator aborted it on timeout (it fences the epoch first; seen on Kafka 4.1.1: data at
+//! epoch 0, ABORT marker at epoch 1). The rule does not depend on the exact epoch, only on the
+//! order in the log; an epoch below the transaction's means the log is not what we think.
 //!
 //! The batch at the recorded offset must be the transaction's own (same producer id and epoch,
 //! transactional): if it is not, the log was truncated, compacted or deleted and recreated, and

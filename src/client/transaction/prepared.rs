@@ -4,8 +4,8 @@
 //! A prepared transaction is finished from facts, not from the coordinator's current state
 //! alone: by the time a stored [`PreparedTxn`] is finished, its transactional id may have moved
 //! on — the transaction committed, then the next one opened at the same epoch (transactions
-//! version 1) or a later one (version 2, KIP-890), or the coordinator aborted it on timeout and
-//! bumped the epoch twice. The coordinator's (producer id, epoch, state) then describes
+//! version 1) or a later one (version 2, KIP-890), or the coordinator aborted it on timeout,
+//! bumping the epoch, and the next producer of the id bumped it again. The coordinator's (producer id, epoch, state) then describes
 //! *another* transaction, and acting on it would commit or abort that one.
 //!
 //! The facts are the partition logs: the transaction's marker (KIP-98 control batch of its
