@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::connection::ConnectionError;
 use crate::protocol::error_codes::{codes, Class};
 
 use super::coordinator::{describe, send_end_txn, Coordinator};
@@ -197,18 +198,18 @@ fn is_rejection(e: &ClientError) -> bool {
     matches!(e, ClientError::Broker { code, .. } if code.class == Class::Fatal)
 }
 
-/// Whether an EndTxn failure may mean that the transaction ended otherwise (or that ours was
-/// applied), so that the logs should be read again.
+/// Whether the logs should be read again after an EndTxn failure: the transaction may have
+/// ended otherwise (fenced, state changed: someone else ended it or the id moved on), or ours may
+/// have applied (no answer, an unexpected code). Only a definite refusal that will not change
+/// (authorization, ...) is final.
 fn look_again_after(e: &ClientError) -> bool {
     match e {
-        ClientError::Broker { code, .. } => {
-            matches!(
-                code.code,
-                codes::PRODUCER_FENCED | codes::INVALID_PRODUCER_EPOCH | codes::INVALID_TXN_STATE
-            ) || matches!(code.class, Class::Retriable | Class::UnknownOutcome)
-        }
-        ClientError::RetriesExhausted { .. } | ClientError::Connection(_) => true,
-        other => other.class() == Class::UnknownOutcome,
+        ClientError::Broker { code, .. } if code.class == Class::Fatal => matches!(
+            code.code,
+            codes::PRODUCER_FENCED | codes::INVALID_PRODUCER_EPOCH | codes::INVALID_TXN_STATE
+        ),
+        ClientError::Connection(ConnectionError::UnsupportedVersion { .. }) => false,
+        _ => true,
     }
 }
 
@@ -766,6 +767,34 @@ mod tests {
             ),
             Decision::Wait(_)
         ));
+    }
+
+    #[test]
+    fn end_txn_failures_that_call_for_another_look() {
+        let fenced = ClientError::broker("EndTxn", codes::PRODUCER_FENCED);
+        assert!(look_again_after(&fenced) && is_rejection(&fenced));
+        let state = ClientError::broker("EndTxn", codes::INVALID_TXN_STATE);
+        assert!(look_again_after(&state) && is_rejection(&state));
+        // Refused for good: reported as it is.
+        let denied = ClientError::broker("EndTxn", 53);
+        assert!(!look_again_after(&denied) && is_rejection(&denied));
+        // No answer, or one we do not understand: it may have applied.
+        for maybe in [
+            ClientError::broker("EndTxn", codes::REQUEST_TIMED_OUT),
+            ClientError::broker("EndTxn", 9999),
+            ClientError::Connection(ConnectionError::Closed {
+                addr: "b:9092".into(),
+                cause: "reset".into(),
+            }),
+            ClientError::RetriesExhausted {
+                what: "EndTxn",
+                attempts: 3,
+                deadline_ms: 10,
+                last: Box::new(ClientError::broker("EndTxn", codes::NOT_COORDINATOR)),
+            },
+        ] {
+            assert!(look_again_after(&maybe) && !is_rejection(&maybe), "{maybe}");
+        }
     }
 
     #[test]
