@@ -11,7 +11,7 @@ use std::time::Duration;
 use exactly::client::admin::{Admin, Isolation};
 use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{
-    abort_prepared, commit_prepared, describe_transaction, TransactionConfig,
+    abort_prepared, commit_prepared, describe_transaction, CoordinatorState, TransactionConfig,
     TransactionalProducer, TxnOutcome,
 };
 use exactly::client::{Client, ClientError};
@@ -124,7 +124,7 @@ async fn commit_after_the_id_moved_on_reports_already_committed() {
         .await
         .unwrap();
     let open = describe_transaction(&client, &id).await.unwrap();
-    assert_eq!(open.state, "Ongoing", "B is open");
+    assert_eq!(open.state, CoordinatorState::Ongoing, "B is open");
 
     let (ok, stdout, stderr) = cli("commit", &a_file);
     assert!(ok, "committing A again must succeed: {stderr}");
@@ -167,7 +167,7 @@ async fn the_same_producer_moved_on_to_the_next_transaction() {
     send(&producer, &topic, &b).await;
     let prepared_b = producer.prepare().await.unwrap();
     let open = describe_transaction(&client, &id).await.unwrap();
-    assert_eq!(open.state, "Ongoing");
+    assert_eq!(open.state, CoordinatorState::Ongoing);
 
     assert_eq!(
         commit_prepared(&client, &prepared_a, 30_000).await.unwrap(),
@@ -219,16 +219,17 @@ async fn a_transaction_aborted_on_timeout_is_reported_aborted_after_the_id_moved
     let prepared_a = first.prepare().await.unwrap();
     drop(first);
     // Wait (bounded) for the coordinator to abort it on timeout.
-    let mut state = String::new();
+    let mut state = CoordinatorState::Empty;
     for _ in 0..300 {
         state = describe_transaction(&client, &id).await.unwrap().state;
-        if state == "CompleteAbort" {
+        if state == CoordinatorState::CompleteAbort {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        state, "CompleteAbort",
+        state,
+        CoordinatorState::CompleteAbort,
         "the broker did not abort A on timeout"
     );
 
@@ -242,7 +243,7 @@ async fn a_transaction_aborted_on_timeout_is_reported_aborted_after_the_id_moved
     send(&second, &topic, &b).await;
     let _prepared_b = second.prepare().await.unwrap();
     let open = describe_transaction(&client, &id).await.unwrap();
-    assert_eq!(open.state, "Ongoing");
+    assert_eq!(open.state, CoordinatorState::Ongoing);
 
     let err = commit_prepared(&client, &prepared_a, 30_000)
         .await

@@ -10,7 +10,7 @@ mod common;
 use exactly::client::admin::Isolation;
 use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{
-    abort_prepared, commit_prepared, describe_transaction, TransactionConfig,
+    abort_prepared, commit_prepared, describe_transaction, CoordinatorState, TransactionConfig,
     TransactionalProducer, TxnOutcome,
 };
 use exactly::client::ClientError;
@@ -153,7 +153,7 @@ async fn transactions_version_1() {
     let open = describe_transaction(&client, &prepared_a.transactional_id)
         .await
         .unwrap();
-    assert_eq!(open.state, "Ongoing");
+    assert_eq!(open.state, CoordinatorState::Ongoing);
     assert_eq!(
         commit_prepared(&client, &prepared_a, 30_000).await.unwrap(),
         TxnOutcome::AlreadyCommitted

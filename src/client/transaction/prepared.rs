@@ -37,7 +37,7 @@ use crate::protocol::error_codes::{codes, Class};
 
 use super::coordinator::{describe, send_end_txn, Coordinator};
 use super::marker::{find_marker, LogEvidence, MarkerKind, MarkerSearch};
-use super::{PreparedTxn, TxnDescription, TxnOutcome};
+use super::{CoordinatorState, PreparedTxn, TxnDescription, TxnOutcome};
 use crate::client::{Client, ClientError};
 
 /// Commits a prepared transaction from any process, without InitProducerId (which would abort
@@ -320,7 +320,7 @@ fn decide(
     let ours_ongoing = d.is_some_and(|d| {
         d.producer_id == prepared.producer_id
             && d.producer_epoch == prepared.producer_epoch
-            && d.state == "Ongoing"
+            && d.state == CoordinatorState::Ongoing
     });
     match evidence {
         Evidence::Ended {
@@ -361,23 +361,20 @@ fn decide(
                     d.producer_id == prepared.producer_id
                         && d.producer_epoch == prepared.producer_epoch.wrapping_add(1)
                 }) {
-                    match d.state.as_str() {
-                        "PrepareCommit" | "PrepareAbort" => {
-                            return Decision::Wait(format!("{reasons}; {}", coordinator_state()))
-                        }
-                        "CompleteCommit" | "CompleteAbort" => {
-                            let kind = if d.state == "CompleteCommit" {
-                                MarkerKind::Commit
-                            } else {
-                                MarkerKind::Abort
-                            };
-                            let detail = format!(
-                                " (the coordinator is in state {} at epoch {})",
-                                d.state, d.producer_epoch
-                            );
-                            return Decision::Done(ended(prepared, commit, kind, &detail));
-                        }
-                        _ => {}
+                    let kind = match d.state {
+                        CoordinatorState::CompleteCommit => Some(MarkerKind::Commit),
+                        CoordinatorState::CompleteAbort => Some(MarkerKind::Abort),
+                        _ => None,
+                    };
+                    if d.state.is_ending() {
+                        return Decision::Wait(format!("{reasons}; {}", coordinator_state()));
+                    }
+                    if let Some(kind) = kind {
+                        let detail = format!(
+                            " (the coordinator is in state {} at epoch {})",
+                            d.state, d.producer_epoch
+                        );
+                        return Decision::Done(ended(prepared, commit, kind, &detail));
                     }
                 }
             }
@@ -437,8 +434,8 @@ pub(super) async fn end_txn(
             if let Some(outcome) = already_ended(&description, prepared, commit)? {
                 return Ok((outcome, None));
             }
-            let ending = matches!(description.state.as_str(), "PrepareCommit" | "PrepareAbort")
-                && description.producer_id == prepared.producer_id;
+            let ending =
+                description.state.is_ending() && description.producer_id == prepared.producer_id;
             if !(ending && backoff.wait().await) {
                 break;
             }
@@ -483,7 +480,9 @@ pub(super) async fn end_txn(
             warn!(error = %e, "EndTxn(commit) outcome unknown; asking the coordinator");
             if let Ok(d) = describe(coordinator).await {
                 if let Some(outcome) = already_ended(&d, prepared, true)? {
-                    return Ok((outcome, None));
+                    // Continue on the epoch the coordinator reports: under transactions v2 the
+                    // commit bumped it, and the old one is fenced.
+                    return Ok((outcome, Some((d.producer_id, d.producer_epoch))));
                 }
             }
             Err(ClientError::CommitOutcomeUnknown {
@@ -520,11 +519,13 @@ fn already_ended(
     if !ours {
         return Ok(None);
     }
-    match (d.state.as_str(), commit) {
-        ("CompleteCommit", true) => Ok(Some(TxnOutcome::AlreadyCommitted)),
-        ("CompleteAbort", false) => Ok(Some(TxnOutcome::AlreadyAborted)),
-        ("CompleteCommit", false) => Err(lost(prepared, commit, "it was already committed".into())),
-        ("CompleteAbort", true) => Err(lost(
+    match (&d.state, commit) {
+        (CoordinatorState::CompleteCommit, true) => Ok(Some(TxnOutcome::AlreadyCommitted)),
+        (CoordinatorState::CompleteAbort, false) => Ok(Some(TxnOutcome::AlreadyAborted)),
+        (CoordinatorState::CompleteCommit, false) => {
+            Err(lost(prepared, commit, "it was already committed".into()))
+        }
+        (CoordinatorState::CompleteAbort, true) => Err(lost(
             prepared,
             commit,
             format!("the coordinator aborted it (state {})", d.state),
