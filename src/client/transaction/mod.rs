@@ -317,6 +317,8 @@ impl Serialize for CoordinatorState {
 mod fake_cluster;
 #[cfg(test)]
 mod fake_tests;
+#[cfg(test)]
+mod prepared_fake_tests;
 
 #[cfg(test)]
 mod tests {

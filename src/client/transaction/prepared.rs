@@ -140,7 +140,19 @@ async fn finish_prepared(
                 });
             }
             Decision::Done(Err(e)) => return Err(e),
-            Decision::EndTxn => match send_end_txn(&coordinator, prepared, commit).await {
+            // At most half the time left, so that a lost answer leaves time to read the logs.
+            Decision::EndTxn => match send_end_txn(
+                &Coordinator::new(
+                    client.clone(),
+                    prepared.transactional_id.clone(),
+                    (remaining_ms / 2).max(1),
+                    20,
+                ),
+                prepared,
+                commit,
+            )
+            .await
+            {
                 Ok(_) => {
                     return Ok(if commit {
                         TxnOutcome::Committed
