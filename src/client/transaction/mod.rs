@@ -131,7 +131,8 @@ pub struct PreparedTxn {
     /// The producer epoch the transaction was written with.
     pub producer_epoch: i16,
     /// The EndTxn semantics the transaction was written under (KIP-890): 2 when the coordinator
-    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not.
+    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not. EndTxn for it is sent at that
+    /// version; a retry of our own EndTxn is recognised after the epoch moved on.
     pub transaction_version: i16,
     /// Nothing was written in it (no records, no offsets): the coordinator never saw it, so
     /// committing or aborting it is a no-op.
