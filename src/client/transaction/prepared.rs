@@ -11,20 +11,26 @@
 //! The facts are the partition logs: the transaction's marker (KIP-98 control batch of its
 //! producer id) follows the last batch it wrote in every partition it wrote to, whose offsets
 //! [`PreparedTxn::partitions`] records (see [`super::marker`]). So:
-//! 1. read the recorded partitions for the marker: a COMMIT marker means committed, an ABORT
-//!    marker aborted — whatever the coordinator holds now;
-//! 2. if a log shows the transaction's batch and no marker after it, it has not ended, so the
+//! 1. under transactions version 2, a coordinator holding our producer id and epoch in Ongoing
+//!    holds this transaction (every later one has a later epoch): EndTxn ends it;
+//! 2. otherwise read the recorded partitions for the marker: a COMMIT marker means committed,
+//!    an ABORT marker aborted — whatever the coordinator holds now;
+//! 3. if a log shows the transaction's batch and no marker after it, it has not ended, so the
 //!    coordinator cannot have moved on (the next transaction of a producer starts only after
 //!    every marker of this one is written): if it holds our producer id and epoch in Ongoing,
 //!    that is ours and EndTxn ends it; other states are ours ending — wait and read again;
-//! 3. if no log can tell (none recorded, retention deleted them, the topic was recreated), the
-//!    coordinator alone decides only under transactions version 2, where each transaction of
-//!    a producer has its own epoch; otherwise the outcome is
+//! 4. if no log can tell (none recorded, retention deleted them, the topic was recreated), the
+//!    coordinator alone decides only under transactions version 2 (Complete* at the next
+//!    epoch is ours, ended by EndTxn); otherwise the outcome is
 //!    [`ClientError::PreparedTxnOutcomeUnknown`] and nothing is done.
+//!
+//! An EndTxn whose answer is lost (or unexpected) is followed by another look, never by the
+//! opposite action; a commit that may have applied and cannot be confirmed in time is
+//! [`ClientError::CommitOutcomeUnknown`].
 //!
 //! One rule for the caller: a prepared transaction is finished by one party at a time. If the
 //! producer that prepared it were still alive and committed it and began the next one at the
-//! same epoch between steps 2 and 3 above, that next one would be ended instead.
+//! same epoch between steps 3 and its EndTxn, that next one would be ended instead.
 
 use std::time::Duration;
 
@@ -110,18 +116,28 @@ async fn finish_prepared(
             .saturating_duration_since(Instant::now())
             .as_millis()
             .max(1) as u64;
+        // At most half the time left per call, so that a lost answer leaves time to look again.
         let coordinator = Coordinator::new(
             client.clone(),
             prepared.transactional_id.clone(),
-            remaining_ms,
+            (remaining_ms / 2).max(1),
             20,
         );
-        let evidence = read_logs(client, prepared, &mut resume, deadline).await;
-        let description = match evidence {
-            Evidence::Ended { .. } => None,
-            _ => Some(describe(&coordinator).await),
+        let description = describe(&coordinator).await;
+        // Under transactions version 2 the coordinator holding our producer id and epoch in
+        // Ongoing can only be this transaction (every later one has a later epoch): no need to
+        // read the logs. Otherwise they decide.
+        let evidence = if prepared.transaction_version >= 2
+            && description.as_ref().is_ok_and(|d| holds(d, prepared))
+        {
+            Evidence::Silent {
+                reasons: vec!["not read: the coordinator holds it".to_owned()],
+                transient: false,
+            }
+        } else {
+            read_logs(client, prepared, &mut resume, deadline).await
         };
-        let decision = decide(prepared, commit, &evidence, description.as_ref());
+        let decision = decide(prepared, commit, &evidence, Some(&description));
         debug!(
             ?evidence,
             ?description,
@@ -140,19 +156,7 @@ async fn finish_prepared(
                 });
             }
             Decision::Done(Err(e)) => return Err(e),
-            // At most half the time left, so that a lost answer leaves time to read the logs.
-            Decision::EndTxn => match send_end_txn(
-                &Coordinator::new(
-                    client.clone(),
-                    prepared.transactional_id.clone(),
-                    (remaining_ms / 2).max(1),
-                    20,
-                ),
-                prepared,
-                commit,
-            )
-            .await
-            {
+            Decision::EndTxn => match send_end_txn(&coordinator, prepared, commit).await {
                 Ok(_) => {
                     return Ok(if commit {
                         TxnOutcome::Committed
@@ -329,11 +333,7 @@ fn decide(
         Some(Err(e)) => format!("the coordinator could not be asked ({e})"),
         None => "the coordinator was not asked".to_owned(),
     };
-    let ours_ongoing = d.is_some_and(|d| {
-        d.producer_id == prepared.producer_id
-            && d.producer_epoch == prepared.producer_epoch
-            && d.state == CoordinatorState::Ongoing
-    });
+    let ours_ongoing = d.is_some_and(|d| holds(d, prepared));
     match evidence {
         Evidence::Ended {
             kind,
@@ -398,6 +398,13 @@ fn decide(
             }
         }
     }
+}
+
+/// Whether the coordinator holds a transaction of our producer id and epoch, open.
+fn holds(d: &TxnDescription, prepared: &PreparedTxn) -> bool {
+    d.producer_id == prepared.producer_id
+        && d.producer_epoch == prepared.producer_epoch
+        && d.state == CoordinatorState::Ongoing
 }
 
 /// The outcome of asking to commit (or abort) a transaction that ended as `kind` says.
