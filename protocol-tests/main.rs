@@ -12,4 +12,5 @@ mod prepared_outcome;
 mod produce_fetch;
 mod transactions;
 mod transactions_java;
+mod txn_lifecycle;
 mod versions;

@@ -12,13 +12,11 @@
 //! are waited for until their records are queued; only then are the records flushed and EndTxn
 //! sent, so EndTxn comes after every batch appended before it.
 
-use std::collections::HashSet;
-
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
-use crate::protocol::error_codes::{codes, Class};
+use crate::protocol::error_codes::codes;
 use crate::protocol::messages::kstr;
 use crate::protocol::messages::messages::{
     add_partitions_to_txn_request::AddPartitionsToTxnTopic,
@@ -30,30 +28,13 @@ use crate::protocol::messages::messages::{
 
 use super::coordinator::{check_timeout, transaction_version, Coordinator};
 use super::prepared::end_txn;
+use super::state::Inner;
 use super::{
     GroupMetadata, PreparedPartition, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome,
     TxnState,
 };
 use crate::client::producer::{DeliveryFuture, Producer, ProducerRecord};
 use crate::client::{Client, ClientError};
-
-struct Inner {
-    state: TxnState,
-    error: Option<ClientError>,
-    producer_id: i64,
-    producer_epoch: i16,
-    partitions: HashSet<(String, i32)>,
-    /// Offsets were added (AddOffsetsToTxn) in the current transaction.
-    offsets_added: bool,
-    /// Set (to the state name reported to a refused `send`) once commit, prepare or abort began
-    /// on the open transaction: no record may join it any more.
-    closing: Option<&'static str>,
-    /// Sends past their state check whose record is not queued yet.
-    sends_in_flight: usize,
-    /// The transaction handed out by `prepare`, until it is committed or aborted.
-    prepared: Option<PreparedTxn>,
-    metrics: TxnMetrics,
-}
 
 /// The transactional producer. See the module docs.
 ///
@@ -161,18 +142,7 @@ impl TransactionalProducer {
                 coordinator,
                 transaction_version,
                 end_txn_version,
-                inner: std::sync::Mutex::new(Inner {
-                    state: TxnState::Ready,
-                    error: None,
-                    producer_id: pid,
-                    producer_epoch: epoch,
-                    partitions: HashSet::new(),
-                    offsets_added: false,
-                    closing: None,
-                    sends_in_flight: 0,
-                    prepared: None,
-                    metrics: TxnMetrics::default(),
-                }),
+                inner: std::sync::Mutex::new(Inner::new(pid, epoch)),
                 op: Mutex::new(()),
                 adding: Mutex::new(()),
                 sends_idle: Notify::new(),
@@ -715,49 +685,6 @@ impl TransactionalProducer {
             }
             other => other,
         }
-    }
-}
-
-impl Inner {
-    fn expect(&self, operation: &'static str, allowed: &[TxnState]) -> Result<(), ClientError> {
-        if let (TxnState::FatalError, Some(e)) = (self.state, &self.error) {
-            return Err(ClientError::TxnFatal {
-                cause: Box::new(e.clone()),
-            });
-        }
-        if allowed.contains(&self.state) {
-            return Ok(());
-        }
-        if let (TxnState::AbortableError, Some(e)) = (self.state, &self.error) {
-            return Err(ClientError::TxnAbortable {
-                cause: Box::new(e.clone()),
-            });
-        }
-        Err(ClientError::InvalidTxnState {
-            operation,
-            state: self.state.name(),
-        })
-    }
-
-    /// Records an error and moves to the state its class calls for; returns the error.
-    fn fail(&mut self, e: ClientError) -> ClientError {
-        let fatal = matches!(
-            e,
-            ClientError::Fenced { .. }
-                | ClientError::CommitOutcomeUnknown { .. }
-                | ClientError::PreparedTxnLost { .. }
-                | ClientError::TxnFatal { .. }
-        ) || e.class() == Class::Fatal
-            && !matches!(e, ClientError::TxnAbortable { .. });
-        self.state = if fatal {
-            TxnState::FatalError
-        } else {
-            TxnState::AbortableError
-        };
-        self.closing = None;
-        warn!(error = %e, state = self.state.name(), "transaction failed");
-        self.error = Some(e.clone());
-        e
     }
 }
 
