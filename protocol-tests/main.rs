@@ -11,6 +11,7 @@ mod compacted;
 mod fault_proxy;
 mod faults;
 mod interop;
+mod prepared_outcome;
 mod produce_fetch;
 mod producer_limits;
 mod reader;

@@ -10,7 +10,8 @@ mod common;
 use exactly::client::admin::Isolation;
 use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{
-    commit_prepared, TransactionConfig, TransactionalProducer, TxnOutcome,
+    abort_prepared, commit_prepared, describe_transaction, CoordinatorState, TransactionConfig,
+    TransactionalProducer, TxnOutcome,
 };
 use exactly::client::ClientError;
 
@@ -115,6 +116,90 @@ async fn transactions_version_1() {
     assert_eq!(
         seen, want,
         "committed records exactly once, aborted ones never"
+    );
+
+    // The id moves on at the same epoch (version 1 does not bump it): A committed, B prepared
+    // by the same producer. Finishing A's identity again must say AlreadyCommitted from A's
+    // marker, and must not commit B (the coordinator's (producer id, epoch, Ongoing) is B's).
+    let moved = create_topic(&client, "tv1-moved-on", 1).await;
+    let producer = TransactionalProducer::init(
+        client.clone(),
+        TransactionConfig::new(unique_topic("tv1-moved-on")),
+    )
+    .await
+    .unwrap();
+    producer.begin().await.unwrap();
+    for i in 0..5 {
+        producer
+            .send(ProducerRecord::new(moved.as_str(), format!("a-{i}")).with_partition(0))
+            .await
+            .unwrap();
+    }
+    let prepared_a = producer.prepare().await.unwrap();
+    assert_eq!(producer.commit().await.unwrap(), TxnOutcome::Committed);
+    producer.begin().await.unwrap();
+    for i in 0..5 {
+        producer
+            .send(ProducerRecord::new(moved.as_str(), format!("b-{i}")).with_partition(0))
+            .await
+            .unwrap();
+    }
+    let prepared_b = producer.prepare().await.unwrap();
+    assert_eq!(
+        (prepared_b.producer_id, prepared_b.producer_epoch),
+        (prepared_a.producer_id, prepared_a.producer_epoch),
+        "version 1 keeps the epoch between transactions"
+    );
+    let open = describe_transaction(&client, &prepared_a.transactional_id)
+        .await
+        .unwrap();
+    assert_eq!(open.state, CoordinatorState::Ongoing);
+    assert_eq!(
+        commit_prepared(&client, &prepared_a, 30_000).await.unwrap(),
+        TxnOutcome::AlreadyCommitted
+    );
+    let err = abort_prepared(&client, &prepared_a, 30_000)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot be aborted: it was already committed"),
+        "{err}"
+    );
+    assert_eq!(
+        describe_transaction(&client, &prepared_a.transactional_id)
+            .await
+            .unwrap(),
+        open,
+        "B is still open"
+    );
+    let moved_values = |records: Vec<exactly::protocol::record_batch::Record>| {
+        let mut v: Vec<String> = records
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let a: Vec<String> = (0..5).map(|i| format!("a-{i}")).collect();
+    assert_eq!(
+        moved_values(read_all(&client, &moved, 0, Isolation::ReadCommitted).await),
+        a,
+        "B's records are invisible: B was not committed"
+    );
+    assert_eq!(
+        commit_prepared(&client, &prepared_b, 30_000).await.unwrap(),
+        TxnOutcome::Committed
+    );
+    settle(&client, &moved, 1).await;
+    let mut ab: Vec<String> = a
+        .into_iter()
+        .chain((0..5).map(|i| format!("b-{i}")))
+        .collect();
+    ab.sort();
+    assert_eq!(
+        moved_values(read_all(&client, &moved, 0, Isolation::ReadCommitted).await),
+        ab
     );
 
     // Fencing works the same way.

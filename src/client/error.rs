@@ -179,6 +179,23 @@ pub enum ClientError {
         /// What the coordinator said (error code and transaction state).
         reason: String,
     },
+    /// How a prepared transaction ended cannot be learned: the coordinator has moved on to a
+    /// later transaction of the same id and the partition logs no longer show the transaction's
+    /// marker (deleted, truncated or compacted), or the search did not finish in time. This
+    /// call did not end it, unless `reason` says that an EndTxn it sent may have applied.
+    #[error("outcome of prepared transaction {transactional_id:?} (producer {producer_id}, epoch {producer_epoch}) is unknown; it could not be {action}: {reason}")]
+    PreparedTxnOutcomeUnknown {
+        /// `committed` or `aborted`: what was asked.
+        action: &'static str,
+        /// The transactional id.
+        transactional_id: String,
+        /// The stored producer id.
+        producer_id: i64,
+        /// The stored epoch.
+        producer_epoch: i16,
+        /// What the logs and the coordinator said.
+        reason: String,
+    },
     /// A request that may have taken effect (an attempt timed out) was retried, and a later
     /// attempt failed for another reason: whether it took effect is unknown.
     #[error("{what} may have taken effect (an attempt failed with: {maybe_applied}); the last attempt failed with: {last}")]
@@ -249,6 +266,7 @@ impl ClientError {
             Self::Connection(e) if e.is_disconnect() => Class::Retriable,
             Self::NoBrokers { .. } => Class::Retriable,
             Self::DeliveryTimeout { .. } => Class::UnknownOutcome,
+            Self::PreparedTxnOutcomeUnknown { .. } => Class::UnknownOutcome,
             Self::OutcomeUnknown { .. } => Class::UnknownOutcome,
             Self::RetriesExhausted { last, .. } => match last.class() {
                 Class::Retriable => Class::Abortable,

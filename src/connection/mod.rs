@@ -346,6 +346,24 @@ impl Connection {
         Ok((version, self.request_at(request, version).await?))
     }
 
+    /// Like [`Connection::request_versioned`], at no higher version than `version_max`: for
+    /// requests whose newer versions change semantics the cluster has not enabled (EndTxn v5
+    /// bumps the epoch, KIP-890, which clients use only once `transaction.version` is 2).
+    ///
+    /// # Cancel safety
+    /// As [`Connection::request`].
+    pub async fn request_versioned_max<R: KafkaRequest>(
+        &self,
+        request: &R,
+        version_max: i16,
+    ) -> Result<(i16, R::Response), ConnectionError>
+    where
+        R::Response: Send + 'static,
+    {
+        let version = self.version_of::<R>()?.min(version_max);
+        Ok((version, self.request_at(request, version).await?))
+    }
+
     async fn request_at<R: KafkaRequest>(
         &self,
         request: &R,

@@ -1,8 +1,12 @@
 //! `exactly txn ...`: two-phase commit from the command line.
 //!
 //! `prepare` writes standard input as one transaction, flushes it, and stores the prepared
-//! transaction's identity (JSON) in a file without committing; `commit` and `abort` finish it
-//! from that file in any later process, without InitProducerId (which would abort it).
+//! transaction's identity and the offsets of its last batches (JSON) in a file without
+//! committing; `commit` and `abort` finish it from that file in any later process, without
+//! InitProducerId (which would abort it). After the transactional id has moved on, they read
+//! the transaction's outcome from its marker in those partitions: `AlreadyCommitted`,
+//! `AlreadyAborted`, an error when it ended the other way, or an error saying the outcome is
+//! unknown (nothing done) when the logs no longer hold it.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -94,9 +98,10 @@ pub(crate) async fn run(client: Client, cmd: TxnCommand) -> anyhow::Result<()> {
             std::fs::rename(&tmp, &out)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!(
-                "prepared {count} records (producer {}, epoch {}) in {}",
+                "prepared {count} records (producer {}, epoch {}, {} partitions) in {}",
                 prepared.producer_id,
                 prepared.producer_epoch,
+                prepared.partitions.len(),
                 out.display()
             );
             if hold {

@@ -151,6 +151,9 @@ pub(super) struct Accumulator {
     outstanding_records: usize,
     flush_requested: bool,
     fatal: Option<ClientError>,
+    /// Per partition, the base offset of the last batch acknowledged since the last
+    /// [`Accumulator::take_batch_offsets`]: where a transaction's marker is searched for later.
+    batch_offsets: HashMap<TopicPartition, i64>,
 }
 
 impl Accumulator {
@@ -169,7 +172,14 @@ impl Accumulator {
             outstanding_records: 0,
             flush_requested: false,
             fatal: None,
+            batch_offsets: HashMap::new(),
         }
+    }
+
+    /// Per partition, the base offset of the last batch acknowledged since the previous call
+    /// (a batch acknowledged as a duplicate has no known offset and is left out).
+    pub(super) fn take_batch_offsets(&mut self) -> HashMap<TopicPartition, i64> {
+        std::mem::take(&mut self.batch_offsets)
     }
 
     pub(super) fn producer_id(&self) -> (i64, i16) {
@@ -388,6 +398,13 @@ impl Accumulator {
             }));
         }
         self.outstanding_records -= count;
+        if base_offset >= 0 {
+            let last = self
+                .batch_offsets
+                .entry(batch.tp.clone())
+                .or_insert(base_offset);
+            *last = (*last).max(base_offset);
+        }
         if let Some(pq) = self.partitions.get_mut(&batch.tp) {
             let next = batch.base_sequence.wrapping_add(count as i32) & i32::MAX;
             if seq_before(pq.next_acked_sequence, next) {

@@ -403,6 +403,12 @@ impl Producer {
         }
     }
 
+    /// Per partition, the base offset of the last batch acknowledged since the previous call
+    /// (a batch acknowledged as a duplicate has no known offset and is left out).
+    pub(crate) fn take_batch_offsets(&self) -> std::collections::HashMap<(String, i32), i64> {
+        self.inner.lock().take_batch_offsets()
+    }
+
     /// The error that stopped the producer, if any.
     pub fn error(&self) -> Option<ClientError> {
         self.inner.lock().fatal()

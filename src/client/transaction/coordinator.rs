@@ -83,8 +83,14 @@ pub(super) async fn send_end_txn(
     } else {
         error_codes::lookup
     };
+    // EndTxn v5 bumps the epoch (KIP-890): only for a transaction written under version 2.
+    let version_max = if prepared.transaction_version >= 2 {
+        i16::MAX
+    } else {
+        4
+    };
     let (response, version) = coordinator
-        .call_classified(&request, "EndTxn", |r| r.error_code, classify)
+        .call_classified(&request, "EndTxn", version_max, |r| r.error_code, classify)
         .await?;
     // Version 5 (transactions v2) returns the bumped epoch; older versions return none.
     Ok((version >= 5 && response.producer_id.0 >= 0)
@@ -237,7 +243,7 @@ impl Coordinator {
     where
         R::Response: Send + 'static,
     {
-        self.call_classified(request, api, code, error_codes::lookup)
+        self.call_classified(request, api, i16::MAX, code, error_codes::lookup)
             .await
     }
 
@@ -256,6 +262,7 @@ impl Coordinator {
         &self,
         request: &R,
         api: &'static str,
+        version_max: i16,
         code: impl Fn(&R::Response) -> i16,
         classify: fn(i16) -> ErrorCode,
     ) -> Result<(R::Response, i16), ClientError>
@@ -268,7 +275,7 @@ impl Coordinator {
         loop {
             let attempt = async {
                 let (_, conn) = self.connection().await?;
-                Ok::<_, ClientError>(conn.request_versioned(request).await?)
+                Ok::<_, ClientError>(conn.request_versioned_max(request, version_max).await?)
             }
             .await;
             let error = match attempt {

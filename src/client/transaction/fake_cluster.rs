@@ -14,6 +14,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::{ApiVersion, FinalizedFeatureKey};
 use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -24,8 +25,9 @@ use kafka_protocol::messages::{
         AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
     },
     AddPartitionsToTxnResponse, ApiKey, ApiVersionsResponse, BrokerId, DescribeConfigsResponse,
-    DescribeTransactionsResponse, EndTxnResponse, FindCoordinatorResponse, InitProducerIdResponse,
-    MetadataResponse, ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName,
+    DescribeTransactionsResponse, EndTxnResponse, FetchResponse, FindCoordinatorResponse,
+    InitProducerIdResponse, MetadataResponse, ProduceResponse, ProducerId, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,6 +80,7 @@ apis! {
     InitProducerId(InitProducerIdRequest, InitProducerIdResponse);
     AddPartitionsToTxn(AddPartitionsToTxnRequest, AddPartitionsToTxnResponse);
     EndTxn(EndTxnRequest, EndTxnResponse);
+    Fetch(FetchRequest, FetchResponse);
     DescribeTransactions(DescribeTransactionsRequest, DescribeTransactionsResponse);
 }
 
@@ -114,6 +117,9 @@ pub(crate) struct FakeState {
     pub requests: Vec<ApiKey>,
     pub partitions_per_topic: i32,
     next_offset: HashMap<(String, i32), i64>,
+    /// Every batch written, data and transaction markers, per partition, in offset order (for
+    /// Fetch).
+    pub log: HashMap<(String, i32), Vec<Bytes>>,
     hooks: HashMap<ApiKey, Hook>,
 }
 
@@ -145,6 +151,7 @@ impl FakeCluster {
             requests: Vec::new(),
             partitions_per_topic: 2,
             next_offset: HashMap::new(),
+            log: HashMap::new(),
             hooks: HashMap::new(),
         }));
         let shared = Arc::clone(&state);
@@ -267,6 +274,7 @@ impl FakeState {
             (ApiKey::AddPartitionsToTxn, 0, 3),
             (ApiKey::EndTxn, 0, if v2 { 5 } else { 4 }),
             (ApiKey::DescribeTransactions, 0, 0),
+            (ApiKey::Fetch, 4, 12),
         ]
         .into_iter()
         .map(|(k, min, max)| {
@@ -438,6 +446,9 @@ impl FakeState {
                             base = *next;
                             *next += i64::from(count);
                             self.batches.push((tp.0.clone(), tp.1, epoch, count));
+                            let mut batch = BytesMut::from(p.records.clone().unwrap_or_default());
+                            batch[..8].copy_from_slice(&base.to_be_bytes());
+                            self.log.entry(tp.clone()).or_default().push(batch.freeze());
                         }
                         partitions.push(
                             PartitionProduceResponse::default()
@@ -465,10 +476,13 @@ impl FakeState {
                     49 // INVALID_PRODUCER_ID_MAPPING
                 } else if r.producer_epoch == self.producer_epoch && self.txn_state == "Ongoing" {
                     self.txn_state = done;
-                    self.txn_partitions.clear();
                     self.end_txns.push((r.producer_epoch, r.committed));
                     if bump {
                         self.producer_epoch += 1;
+                    }
+                    // The markers carry the epoch EndTxn leaves (bumped under version 2).
+                    for tp in std::mem::take(&mut self.txn_partitions) {
+                        self.write_marker(tp, r.committed);
                     }
                     codes::NONE
                 } else if self.txn_state == done
@@ -488,6 +502,7 @@ impl FakeState {
                         .with_producer_epoch(if bump { self.producer_epoch } else { -1 }),
                 )
             }
+            RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r)),
             RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(
                 DescribeTransactionsResponse::default().with_transaction_states(
                     r.transactional_ids
@@ -515,5 +530,72 @@ impl FakeState {
                 ),
             ),
         }
+    }
+}
+
+impl FakeState {
+    /// Appends a transaction marker (a control batch of one control record, KIP-98).
+    fn write_marker(&mut self, tp: (String, i32), commit: bool) {
+        use crate::protocol::compression::Compression;
+        use crate::protocol::record_batch::{BatchProducerFields, RecordBatchBuilder};
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        // Key: version 0, type (0 abort, 1 commit); value: version 0, coordinator epoch 0.
+        builder
+            .append(0, Some(&[0, 0, 0, u8::from(commit)]), Some(&[0; 6]), &[])
+            .expect("control record");
+        let built = builder
+            .build(BatchProducerFields {
+                producer_id: self.producer_id,
+                producer_epoch: self.producer_epoch,
+                base_sequence: -1,
+                is_transactional: true,
+            })
+            .expect("control batch");
+        let mut batch = BytesMut::from(built);
+        let next = self.next_offset.entry(tp.clone()).or_default();
+        batch[..8].copy_from_slice(&next.to_be_bytes());
+        *next += 1;
+        // Attributes at byte 21 (bit 5: control); the CRC (bytes 17..21) covers 21.. .
+        batch[22] |= 1 << 5;
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        self.log.entry(tp).or_default().push(batch.freeze());
+    }
+
+    /// Fetch from the log: every batch ending at or after the fetch offset, up to the end.
+    fn fetch(&self, r: &kafka_protocol::messages::FetchRequest) -> FetchResponse {
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let tp = (t.topic.0.to_string(), p.partition);
+                        let end = self.next_offset.get(&tp).copied().unwrap_or(0);
+                        let mut records = BytesMut::new();
+                        for batch in self.log.get(&tp).into_iter().flatten() {
+                            let base = i64::from_be_bytes(batch[..8].try_into().expect("8 bytes"));
+                            let last_delta =
+                                i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+                            if base + i64::from(last_delta) >= p.fetch_offset {
+                                records.extend_from_slice(batch);
+                            }
+                        }
+                        PartitionData::default()
+                            .with_partition_index(p.partition)
+                            .with_high_watermark(end)
+                            .with_last_stable_offset(end)
+                            .with_log_start_offset(0)
+                            .with_records(Some(records.freeze()))
+                    })
+                    .collect();
+                FetchableTopicResponse::default()
+                    .with_topic(t.topic.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        FetchResponse::default().with_responses(topics)
     }
 }

@@ -26,7 +26,9 @@
 //!   only after every record queued before it is acknowledged;
 //! - a prepared transaction ([`PreparedTxn`]) can be committed or aborted by a new process with
 //!   [`commit_prepared`]/[`abort_prepared`], which send EndTxn with the stored id and epoch and
-//!   never call InitProducerId (which would abort it). Flink does the same by reflection.
+//!   never call InitProducerId (which would abort it). Flink does the same by reflection. Once
+//!   the transactional id has moved on, they learn how it ended from its marker in the
+//!   partition logs and never act on the later transaction (see `prepared`).
 //!
 //! The two-phase-commit sink (the runtime's) keeps a pool of producers, one transactional id
 //! each: at a checkpoint the current producer `prepare`s and holds its prepared transaction
@@ -43,6 +45,7 @@
 //! one-node cluster for the paths a real broker cannot be made to take.
 
 mod coordinator;
+mod marker;
 mod prepared;
 mod producer;
 mod state;
@@ -124,9 +127,20 @@ impl TxnState {
 }
 
 /// A flushed, not yet committed transaction: everything needed to commit or abort it from
-/// another process. Serialize it (JSON via serde, or with the runtime's snapshots) before
-/// acknowledging a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// another process, and to learn later how it ended. Store it before acknowledging a
+/// checkpoint: as JSON (serde; `exactly txn prepare --out`) or archived with rkyv (the
+/// runtime's snapshots; `rkyv::to_bytes` / `rkyv::from_bytes`, validated on read).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct PreparedTxn {
     /// The transactional id.
     pub transactional_id: String,
@@ -135,13 +149,39 @@ pub struct PreparedTxn {
     /// The producer epoch the transaction was written with.
     pub producer_epoch: i16,
     /// The EndTxn semantics the transaction was written under (KIP-890): 2 when the coordinator
-    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not. Used to recognise a retry of our
-    /// own EndTxn after the epoch moved on.
+    /// bumps the epoch on EndTxn (EndTxn v5+), 1 when it does not. EndTxn for it is sent at that
+    /// version; a retry of our own EndTxn is recognised after the epoch moved on.
     pub transaction_version: i16,
     /// Nothing was written in it (no records, no offsets): the coordinator never saw it, so
     /// committing or aborting it is a no-op.
     #[serde(default)]
     pub empty: bool,
+    /// Where its records are: per partition, the base offset of the last batch it wrote. Its
+    /// marker follows them in each of these logs, which is how [`commit_prepared`] learns the
+    /// outcome once the transactional id has moved on (absent in files written before).
+    #[serde(default)]
+    pub partitions: Vec<PreparedPartition>,
+}
+
+/// Where a prepared transaction wrote in one partition (see [`PreparedTxn::partitions`]).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct PreparedPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The base offset of the last batch the transaction wrote there.
+    pub last_batch_offset: i64,
 }
 
 /// What ending a transaction did.
@@ -296,6 +336,8 @@ impl Serialize for CoordinatorState {
 mod fake_cluster;
 #[cfg(test)]
 mod fake_tests;
+#[cfg(test)]
+mod prepared_fake_tests;
 
 #[cfg(test)]
 mod tests {

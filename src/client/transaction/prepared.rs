@@ -1,19 +1,57 @@
 //! Finishing a transaction: EndTxn with its outcome logic, and [`commit_prepared`] /
 //! [`abort_prepared`] for a [`PreparedTxn`] stored by another (possibly dead) process.
+//!
+//! A prepared transaction is finished from facts, not from the coordinator's current state
+//! alone: by the time a stored [`PreparedTxn`] is finished, its transactional id may have moved
+//! on — the transaction committed, then the next one opened at the same epoch (transactions
+//! version 1) or a later one (version 2, KIP-890), or the coordinator aborted it on timeout,
+//! bumping the epoch, and the next producer of the id bumped it again. The coordinator's (producer id, epoch, state) then describes
+//! *another* transaction, and acting on it would commit or abort that one.
+//!
+//! The facts are the partition logs: the transaction's marker (KIP-98 control batch of its
+//! producer id) follows the last batch it wrote in every partition it wrote to, whose offsets
+//! [`PreparedTxn::partitions`] records (see [`super::marker`]). So:
+//! 1. under transactions version 2, a coordinator holding our producer id and epoch in Ongoing
+//!    holds this transaction (every later one has a later epoch): EndTxn ends it;
+//! 2. otherwise read the recorded partitions for the marker: a COMMIT marker means committed,
+//!    an ABORT marker aborted — whatever the coordinator holds now;
+//! 3. if a log shows the transaction's batch and no marker after it, it has not ended, so the
+//!    coordinator cannot have moved on (the next transaction of a producer starts only after
+//!    every marker of this one is written): if it holds our producer id and epoch in Ongoing,
+//!    that is ours and EndTxn ends it; other states are ours ending — wait and read again;
+//! 4. if no log can tell (none recorded, retention deleted them, the topic was recreated), the
+//!    coordinator alone decides only under transactions version 2 (Complete* at the next
+//!    epoch is ours, ended by EndTxn); otherwise the outcome is
+//!    [`ClientError::PreparedTxnOutcomeUnknown`] and nothing is done.
+//!
+//! An EndTxn whose answer is lost (or unexpected) is followed by another look, never by the
+//! opposite action; a commit that may have applied and cannot be confirmed in time is
+//! [`ClientError::CommitOutcomeUnknown`].
+//!
+//! One rule for the caller: a prepared transaction is finished by one party at a time. If the
+//! producer that prepared it were still alive and committed it and began the next one at the
+//! same epoch between steps 3 and its EndTxn, that next one would be ended instead.
 
-use tracing::{info_span, warn, Instrument};
+use std::time::Duration;
 
-use crate::connection::backoff::Backoff;
+use tokio::time::Instant;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::connection::ConnectionError;
 use crate::protocol::error_codes::{codes, Class};
 
 use super::coordinator::{describe, send_end_txn, Coordinator};
+use super::marker::{find_marker, LogEvidence, MarkerKind, MarkerSearch};
 use super::{CoordinatorState, PreparedTxn, TxnDescription, TxnOutcome};
 use crate::client::{Client, ClientError};
 
-/// Commits a prepared transaction from any process, without InitProducerId. Committing one
-/// that is already committed is safe and reported as [`TxnOutcome::AlreadyCommitted`]; one that
-/// the broker aborted (timeout) or that a newer producer fenced is
-/// [`ClientError::PreparedTxnLost`], never success.
+/// Commits a prepared transaction from any process, without InitProducerId (which would abort
+/// it). Its outcome is learned from its marker in the partition logs when the transactional id
+/// has moved on (see the module docs): one already committed is
+/// [`TxnOutcome::AlreadyCommitted`]; one that was aborted (by the broker on timeout, or by a
+/// newer producer) is [`ClientError::PreparedTxnLost`], never success; one whose outcome cannot
+/// be learned is [`ClientError::PreparedTxnOutcomeUnknown`], and nothing is done to it.
 ///
 /// # Cancel safety
 /// Not cancel safe: the commit may have been sent; calling again is safe.
@@ -29,7 +67,10 @@ pub async fn commit_prepared(
         .await
 }
 
-/// Aborts a prepared transaction from any process, without InitProducerId.
+/// Aborts a prepared transaction from any process, without InitProducerId. One already
+/// aborted is [`TxnOutcome::AlreadyAborted`]; one already committed is
+/// [`ClientError::PreparedTxnLost`]; an unknown outcome is
+/// [`ClientError::PreparedTxnOutcomeUnknown`], as for [`commit_prepared`].
 ///
 /// # Cancel safety
 /// Not cancel safe: the abort may have been sent; calling again is safe.
@@ -43,18 +84,13 @@ pub async fn abort_prepared(
         .await
 }
 
+/// Finishes `prepared` from its facts. See the module docs for the rules.
 async fn finish_prepared(
     client: &Client,
     prepared: &PreparedTxn,
     commit: bool,
     deadline_ms: u64,
 ) -> Result<TxnOutcome, ClientError> {
-    let coordinator = Coordinator::new(
-        client.clone(),
-        prepared.transactional_id.clone(),
-        deadline_ms,
-        20,
-    );
     if prepared.empty {
         return Ok(if commit {
             TxnOutcome::Committed
@@ -62,10 +98,342 @@ async fn finish_prepared(
             TxnOutcome::Aborted
         });
     }
-    // Ask first: a second commit of the same prepared transaction must say so.
-    end_txn(&coordinator, prepared, commit, true)
-        .await
-        .map(|(outcome, _)| outcome)
+    let deadline = Instant::now() + Duration::from_millis(deadline_ms);
+    let mut backoff = Backoff::new(BackoffConfig {
+        backoff_initial_ms: 20,
+        backoff_max_ms: 500,
+        deadline_ms,
+    });
+    // An EndTxn this call sent that failed without a definite answer: it may have applied.
+    let mut maybe_applied: Option<ClientError> = None;
+    let mut resume: Vec<i64> = prepared
+        .partitions
+        .iter()
+        .map(|p| p.last_batch_offset)
+        .collect();
+    loop {
+        let remaining_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1) as u64;
+        // At most half the time left per call, so that a lost answer leaves time to look again.
+        let coordinator = Coordinator::new(
+            client.clone(),
+            prepared.transactional_id.clone(),
+            (remaining_ms / 2).max(1),
+            20,
+        );
+        let description = describe(&coordinator).await;
+        // Under transactions version 2 the coordinator holding our producer id and epoch in
+        // Ongoing can only be this transaction (every later one has a later epoch): no need to
+        // read the logs. Otherwise they decide.
+        let evidence = if prepared.transaction_version >= 2
+            && description.as_ref().is_ok_and(|d| holds(d, prepared))
+        {
+            Evidence::Silent {
+                reasons: vec!["not read: the coordinator holds it".to_owned()],
+                transient: false,
+            }
+        } else {
+            read_logs(client, prepared, &mut resume, deadline).await
+        };
+        let decision = decide(prepared, commit, &evidence, Some(&description));
+        debug!(
+            ?evidence,
+            ?description,
+            ?decision,
+            "finishing a prepared transaction"
+        );
+        let wait_reason = match decision {
+            Decision::Done(Ok(outcome)) => {
+                // An outcome this call's own EndTxn may have brought about is reported as such.
+                return Ok(match outcome {
+                    TxnOutcome::AlreadyCommitted if maybe_applied.is_some() => {
+                        TxnOutcome::Committed
+                    }
+                    TxnOutcome::AlreadyAborted if maybe_applied.is_some() => TxnOutcome::Aborted,
+                    other => other,
+                });
+            }
+            Decision::Done(Err(e)) => return Err(e),
+            Decision::EndTxn => match send_end_txn(&coordinator, prepared, commit).await {
+                Ok(_) => {
+                    return Ok(if commit {
+                        TxnOutcome::Committed
+                    } else {
+                        TxnOutcome::Aborted
+                    })
+                }
+                // Fenced, the state changed under us, or no answer: the logs will tell what
+                // happened. Anything else (authorization, ...) will not get better.
+                Err(e) if look_again_after(&e) => {
+                    warn!(error = %e, "EndTxn for a prepared transaction failed; looking again");
+                    let reason = format!("EndTxn failed: {e}");
+                    if !is_rejection(&e) {
+                        maybe_applied = Some(e);
+                    }
+                    reason
+                }
+                Err(e) => {
+                    return Err(match maybe_applied {
+                        Some(_) if commit => ClientError::CommitOutcomeUnknown {
+                            transactional_id: prepared.transactional_id.clone(),
+                            cause: Box::new(e),
+                        },
+                        _ => e,
+                    })
+                }
+            },
+            Decision::Wait(reason) => reason,
+        };
+        if !backoff.wait().await {
+            return Err(match maybe_applied {
+                Some(cause) if commit => ClientError::CommitOutcomeUnknown {
+                    transactional_id: prepared.transactional_id.clone(),
+                    cause: Box::new(cause),
+                },
+                Some(cause) => unknown(
+                    prepared,
+                    commit,
+                    format!(
+                        "an EndTxn(abort) was sent and may have applied ({cause}); {wait_reason}"
+                    ),
+                ),
+                None => unknown(
+                    prepared,
+                    commit,
+                    format!("{wait_reason} (gave up after {deadline_ms} ms)"),
+                ),
+            });
+        }
+    }
+}
+
+/// Whether EndTxn was definitely refused (so it did not apply).
+fn is_rejection(e: &ClientError) -> bool {
+    matches!(e, ClientError::Broker { code, .. } if code.class == Class::Fatal)
+}
+
+/// Whether the logs should be read again after an EndTxn failure: the transaction may have
+/// ended otherwise (fenced, state changed: someone else ended it or the id moved on), or ours may
+/// have applied (no answer, an unexpected code). Only a definite refusal that will not change
+/// (authorization, ...) is final.
+fn look_again_after(e: &ClientError) -> bool {
+    match e {
+        ClientError::Broker { code, .. } if code.class == Class::Fatal => matches!(
+            code.code,
+            codes::PRODUCER_FENCED | codes::INVALID_PRODUCER_EPOCH | codes::INVALID_TXN_STATE
+        ),
+        ClientError::Connection(ConnectionError::UnsupportedVersion { .. }) => false,
+        _ => true,
+    }
+}
+
+/// What the partition logs say about a prepared transaction (the first partition that can
+/// tell decides; see [`read_logs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Evidence {
+    /// Its marker, in `topic`/`partition` at `offset`.
+    Ended {
+        kind: MarkerKind,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// Its batch is there and no marker after it: it has not ended (or its markers are being
+    /// written).
+    Open { topic: String, partition: i32 },
+    /// No partition can tell. `transient`: some could not be read now and may be later.
+    Silent {
+        reasons: Vec<String>,
+        transient: bool,
+    },
+}
+
+/// Reads the recorded partitions in turn until one can tell. `resume` holds, per recorded
+/// partition, where to search from: a log found open is not read again from the start.
+async fn read_logs(
+    client: &Client,
+    prepared: &PreparedTxn,
+    resume: &mut [i64],
+    deadline: Instant,
+) -> Evidence {
+    let mut reasons = Vec::new();
+    let mut transient = false;
+    if prepared.partitions.is_empty() {
+        reasons.push("no partition offsets were recorded with it".to_owned());
+    }
+    for (p, start) in prepared.partitions.iter().zip(resume.iter_mut()) {
+        let search = MarkerSearch {
+            producer_id: prepared.producer_id,
+            producer_epoch: prepared.producer_epoch,
+            batch_offset: p.last_batch_offset,
+        };
+        match find_marker(client, &p.topic, p.partition, search, *start, deadline).await {
+            Ok(LogEvidence::Ended { kind, offset, .. }) => {
+                return Evidence::Ended {
+                    kind,
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    offset,
+                }
+            }
+            Ok(LogEvidence::Open { next_offset }) => {
+                *start = next_offset;
+                return Evidence::Open {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                };
+            }
+            Ok(LogEvidence::Unknown { reason }) => {
+                reasons.push(format!("{}/{}: {reason}", p.topic, p.partition));
+            }
+            Err(e) => {
+                transient = true;
+                reasons.push(format!("{}/{}: {e}", p.topic, p.partition));
+            }
+        }
+    }
+    Evidence::Silent { reasons, transient }
+}
+
+/// What to do next.
+#[derive(Debug)]
+enum Decision {
+    /// The answer.
+    Done(Result<TxnOutcome, ClientError>),
+    /// The coordinator holds exactly this transaction: end it.
+    EndTxn,
+    /// Look again shortly (markers are being written); the reason if time runs out.
+    Wait(String),
+}
+
+/// The decision from the logs and the coordinator's state. Pure.
+///
+/// - A marker decides.
+/// - The log shows the transaction open: the coordinator cannot have moved on (a later
+///   transaction of this producer starts only after every marker of this one is written), so
+///   if it holds our producer id and epoch in Ongoing, that is ours: EndTxn. Any other state is
+///   ours ending (markers being written): wait and read again.
+/// - No log can tell: only under transactions version 2, where each transaction of a producer
+///   has its own epoch, may the coordinator's state stand in — Ongoing at our epoch is ours,
+///   Complete* at the next epoch is ours ended by EndTxn. Otherwise the outcome is unknown.
+fn decide(
+    prepared: &PreparedTxn,
+    commit: bool,
+    evidence: &Evidence,
+    description: Option<&Result<TxnDescription, ClientError>>,
+) -> Decision {
+    let d = description.and_then(|d| d.as_ref().ok());
+    let coordinator_state = || match description {
+        Some(Ok(d)) => format!(
+            "the coordinator is in state {} with producer {} epoch {}",
+            d.state, d.producer_id, d.producer_epoch
+        ),
+        Some(Err(e)) => format!("the coordinator could not be asked ({e})"),
+        None => "the coordinator was not asked".to_owned(),
+    };
+    let ours_ongoing = d.is_some_and(|d| holds(d, prepared));
+    match evidence {
+        Evidence::Ended {
+            kind,
+            topic,
+            partition,
+            offset,
+        } => {
+            let marker = match kind {
+                MarkerKind::Commit => "commit",
+                MarkerKind::Abort => "abort",
+            };
+            Decision::Done(ended(
+                prepared,
+                commit,
+                *kind,
+                &format!(" ({marker} marker at {topic}/{partition} offset {offset})"),
+            ))
+        }
+        Evidence::Open { topic, partition } => {
+            // A coordinator that cannot be asked does not change what the log says.
+            if ours_ongoing || matches!(description, Some(Err(_))) {
+                Decision::EndTxn
+            } else {
+                Decision::Wait(format!(
+                    "{topic}/{partition} shows it open, and {}",
+                    coordinator_state()
+                ))
+            }
+        }
+        Evidence::Silent { reasons, transient } => {
+            let reasons = reasons.join("; ");
+            if prepared.transaction_version >= 2 {
+                if ours_ongoing {
+                    return Decision::EndTxn;
+                }
+                if let Some(d) = d.filter(|d| {
+                    d.producer_id == prepared.producer_id
+                        && d.producer_epoch == prepared.producer_epoch.wrapping_add(1)
+                }) {
+                    let kind = match d.state {
+                        CoordinatorState::CompleteCommit => Some(MarkerKind::Commit),
+                        CoordinatorState::CompleteAbort => Some(MarkerKind::Abort),
+                        _ => None,
+                    };
+                    if d.state.is_ending() {
+                        return Decision::Wait(format!("{reasons}; {}", coordinator_state()));
+                    }
+                    if let Some(kind) = kind {
+                        let detail = format!(
+                            " (the coordinator is in state {} at epoch {})",
+                            d.state, d.producer_epoch
+                        );
+                        return Decision::Done(ended(prepared, commit, kind, &detail));
+                    }
+                }
+            }
+            let reason = format!("{reasons}; {}", coordinator_state());
+            if *transient {
+                Decision::Wait(reason)
+            } else {
+                Decision::Done(Err(unknown(prepared, commit, reason)))
+            }
+        }
+    }
+}
+
+/// Whether the coordinator holds a transaction of our producer id and epoch, open.
+fn holds(d: &TxnDescription, prepared: &PreparedTxn) -> bool {
+    d.producer_id == prepared.producer_id
+        && d.producer_epoch == prepared.producer_epoch
+        && d.state == CoordinatorState::Ongoing
+}
+
+/// The outcome of asking to commit (or abort) a transaction that ended as `kind` says.
+fn ended(
+    prepared: &PreparedTxn,
+    commit: bool,
+    kind: MarkerKind,
+    detail: &str,
+) -> Result<TxnOutcome, ClientError> {
+    match (kind, commit) {
+        (MarkerKind::Commit, true) => Ok(TxnOutcome::AlreadyCommitted),
+        (MarkerKind::Abort, false) => Ok(TxnOutcome::AlreadyAborted),
+        (MarkerKind::Commit, false) => Err(lost(
+            prepared,
+            commit,
+            format!("it was already committed{detail}"),
+        )),
+        (MarkerKind::Abort, true) => Err(lost(prepared, commit, format!("it was aborted{detail}"))),
+    }
+}
+
+fn unknown(prepared: &PreparedTxn, commit: bool, reason: String) -> ClientError {
+    ClientError::PreparedTxnOutcomeUnknown {
+        action: if commit { "committed" } else { "aborted" },
+        transactional_id: prepared.transactional_id.clone(),
+        producer_id: prepared.producer_id,
+        producer_epoch: prepared.producer_epoch,
+        reason,
+    }
 }
 
 /// EndTxn with the given identity, with retries; returns the outcome and the producer id and
@@ -188,6 +556,7 @@ fn already_ended(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::transaction::PreparedPartition;
 
     fn description(state: &str, epoch: i16) -> TxnDescription {
         TxnDescription {
@@ -205,6 +574,7 @@ mod tests {
             producer_epoch: 3,
             transaction_version: version,
             empty: false,
+            partitions: vec![],
         }
     }
 
@@ -234,6 +604,253 @@ mod tests {
         assert_eq!(
             already_ended(&description("Ongoing", 3), &prepared(2), true).unwrap(),
             None
+        );
+    }
+
+    fn ended_at(kind: MarkerKind) -> Evidence {
+        Evidence::Ended {
+            kind,
+            topic: "t".into(),
+            partition: 1,
+            offset: 42,
+        }
+    }
+
+    fn open() -> Evidence {
+        Evidence::Open {
+            topic: "t".into(),
+            partition: 1,
+        }
+    }
+
+    fn silent(transient: bool) -> Evidence {
+        Evidence::Silent {
+            reasons: vec!["t/1: offset 10 is no longer in the log".into()],
+            transient,
+        }
+    }
+
+    fn done(d: Decision) -> Result<TxnOutcome, ClientError> {
+        match d {
+            Decision::Done(r) => r,
+            other => panic!("expected a verdict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_marker_decides_whatever_the_coordinator_holds() {
+        // The coordinator holds a later transaction of the same producer and epoch (version 1):
+        // the marker, not that state, decides, and nothing is sent.
+        let later = Ok(description("Ongoing", 3));
+        for version in [1, 2] {
+            let p = prepared(version);
+            assert_eq!(
+                done(decide(
+                    &p,
+                    true,
+                    &ended_at(MarkerKind::Commit),
+                    Some(&later)
+                ))
+                .unwrap(),
+                TxnOutcome::AlreadyCommitted
+            );
+            assert_eq!(
+                done(decide(
+                    &p,
+                    false,
+                    &ended_at(MarkerKind::Abort),
+                    Some(&later)
+                ))
+                .unwrap(),
+                TxnOutcome::AlreadyAborted
+            );
+            let err = done(decide(&p, false, &ended_at(MarkerKind::Commit), None)).unwrap_err();
+            assert!(matches!(err, ClientError::PreparedTxnLost { .. }));
+            assert_eq!(
+                err.to_string(),
+                "prepared transaction \"t\" (producer 7, epoch 3) cannot be aborted: it was \
+                 already committed (commit marker at t/1 offset 42)"
+            );
+            let err = done(decide(&p, true, &ended_at(MarkerKind::Abort), None)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "prepared transaction \"t\" (producer 7, epoch 3) cannot be committed: it was \
+                 aborted (abort marker at t/1 offset 42)"
+            );
+        }
+    }
+
+    #[test]
+    fn an_open_log_ends_only_our_own_ongoing_transaction() {
+        let p = prepared(1);
+        assert!(matches!(
+            decide(&p, true, &open(), Some(&Ok(description("Ongoing", 3)))),
+            Decision::EndTxn
+        ));
+        // The coordinator could not be asked: the log alone says it is ours and open.
+        let unreachable = Err(ClientError::broker("DescribeTransactions", 15));
+        assert!(matches!(
+            decide(&p, true, &open(), Some(&unreachable)),
+            Decision::EndTxn
+        ));
+        // Ours is ending (markers being written), or the state is not ours: wait, never send.
+        for d in [
+            description("PrepareCommit", 3),
+            description("CompleteCommit", 4),
+            description("Ongoing", 4),
+            TxnDescription {
+                producer_id: 8,
+                ..description("Ongoing", 3)
+            },
+        ] {
+            match decide(&p, true, &open(), Some(&Ok(d.clone()))) {
+                Decision::Wait(reason) => assert!(
+                    reason.contains(&format!(
+                        "t/1 shows it open, and the coordinator is in state {}",
+                        d.state
+                    )),
+                    "{reason}"
+                ),
+                other => panic!("{d:?}: expected Wait, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_log_evidence_only_version_2_epochs_identify_the_transaction() {
+        let v2 = prepared(2);
+        assert!(matches!(
+            decide(
+                &v2,
+                true,
+                &silent(false),
+                Some(&Ok(description("Ongoing", 3)))
+            ),
+            Decision::EndTxn
+        ));
+        assert_eq!(
+            done(decide(
+                &v2,
+                true,
+                &silent(false),
+                Some(&Ok(description("CompleteCommit", 4)))
+            ))
+            .unwrap(),
+            TxnOutcome::AlreadyCommitted
+        );
+        assert!(matches!(
+            decide(
+                &v2,
+                true,
+                &silent(false),
+                Some(&Ok(description("PrepareAbort", 4)))
+            ),
+            Decision::Wait(_)
+        ));
+        // Two epochs on (aborted on timeout, or a later transaction): cannot tell.
+        let err = done(decide(
+            &v2,
+            true,
+            &silent(false),
+            Some(&Ok(description("CompleteAbort", 5))),
+        ))
+        .unwrap_err();
+        assert!(matches!(err, ClientError::PreparedTxnOutcomeUnknown { .. }));
+        assert_eq!(
+            err.to_string(),
+            "outcome of prepared transaction \"t\" (producer 7, epoch 3) is unknown; it could \
+             not be committed: t/1: offset 10 is no longer in the log; the coordinator is in state \
+             CompleteAbort with producer 7 epoch 5"
+        );
+        // Version 1: Ongoing at our epoch may be a later transaction: never act on it.
+        let v1 = prepared(1);
+        for state in ["Ongoing", "CompleteCommit", "CompleteAbort"] {
+            let err = done(decide(
+                &v1,
+                false,
+                &silent(false),
+                Some(&Ok(description(state, 3))),
+            ))
+            .unwrap_err();
+            assert!(
+                matches!(err, ClientError::PreparedTxnOutcomeUnknown { .. }),
+                "{state}: {err:?}"
+            );
+        }
+        // A partition that could not be read now may be readable later.
+        assert!(matches!(
+            decide(
+                &v1,
+                true,
+                &silent(true),
+                Some(&Ok(description("Ongoing", 3)))
+            ),
+            Decision::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn end_txn_failures_that_call_for_another_look() {
+        let fenced = ClientError::broker("EndTxn", codes::PRODUCER_FENCED);
+        assert!(look_again_after(&fenced) && is_rejection(&fenced));
+        let state = ClientError::broker("EndTxn", codes::INVALID_TXN_STATE);
+        assert!(look_again_after(&state) && is_rejection(&state));
+        // Refused for good: reported as it is.
+        let denied = ClientError::broker("EndTxn", 53);
+        assert!(!look_again_after(&denied) && is_rejection(&denied));
+        // No answer, or one we do not understand: it may have applied.
+        for maybe in [
+            ClientError::broker("EndTxn", codes::REQUEST_TIMED_OUT),
+            ClientError::broker("EndTxn", 9999),
+            ClientError::Connection(ConnectionError::Closed {
+                addr: "b:9092".into(),
+                cause: "reset".into(),
+            }),
+            ClientError::RetriesExhausted {
+                what: "EndTxn",
+                attempts: 3,
+                deadline_ms: 10,
+                last: Box::new(ClientError::broker("EndTxn", codes::NOT_COORDINATOR)),
+            },
+        ] {
+            assert!(look_again_after(&maybe) && !is_rejection(&maybe), "{maybe}");
+        }
+    }
+
+    #[test]
+    fn prepared_txn_round_trips_through_rkyv_and_json() {
+        let p = PreparedTxn {
+            partitions: vec![
+                PreparedPartition {
+                    topic: "orders".into(),
+                    partition: 0,
+                    last_batch_offset: 17,
+                },
+                PreparedPartition {
+                    topic: "orders".into(),
+                    partition: 3,
+                    last_batch_offset: 0,
+                },
+            ],
+            ..prepared(2)
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&p).unwrap();
+        let back: PreparedTxn =
+            rkyv::from_bytes::<PreparedTxn, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(back, p);
+        // Archived bytes are validated, not trusted.
+        let mut bad = bytes.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(rkyv::from_bytes::<PreparedTxn, rkyv::rancor::Error>(&bad).is_err());
+
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<PreparedTxn>(&json).unwrap(), p);
+        // A file written before partitions were recorded still reads.
+        let old = r#"{"transactional_id":"t","producer_id":7,"producer_epoch":3,"transaction_version":2,"empty":false}"#;
+        assert_eq!(
+            serde_json::from_str::<PreparedTxn>(old).unwrap(),
+            prepared(2)
         );
     }
 }

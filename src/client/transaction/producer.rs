@@ -22,14 +22,17 @@ use crate::protocol::messages::messages::{
     add_partitions_to_txn_request::AddPartitionsToTxnTopic,
     txn_offset_commit_request::TxnOffsetCommitRequestPartition,
     txn_offset_commit_request::TxnOffsetCommitRequestTopic, AddOffsetsToTxnRequest,
-    AddPartitionsToTxnRequest, EndTxnRequest, GroupId, InitProducerIdRequest, ProducerId,
-    TopicName, TransactionalId, TxnOffsetCommitRequest,
+    AddPartitionsToTxnRequest, GroupId, InitProducerIdRequest, ProducerId, TopicName,
+    TransactionalId, TxnOffsetCommitRequest,
 };
 
 use super::coordinator::{check_timeout, transaction_version, Coordinator};
 use super::prepared::end_txn;
 use super::state::Inner;
-use super::{GroupMetadata, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome, TxnState};
+use super::{
+    GroupMetadata, PreparedPartition, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome,
+    TxnState,
+};
 use crate::client::producer::{DeliveryFuture, Producer, ProducerRecord};
 use crate::client::{Client, ClientError};
 
@@ -51,7 +54,8 @@ pub struct TransactionalProducer {
     transaction_version: i16,
     /// The EndTxn semantics in effect, recorded in [`PreparedTxn`]: 2 when EndTxn is sent at v5+,
     /// whose answer carries a bumped epoch (KIP-890). A broker applies that per request version,
-    /// even where the `transaction.version` feature is still 1.
+    /// even where the `transaction.version` feature is still 1, so v5 is sent only when the
+    /// feature is 2 (equal to `transaction_version`).
     end_txn_version: i16,
     /// Never held across an await.
     inner: std::sync::Mutex<Inner>,
@@ -109,11 +113,9 @@ impl TransactionalProducer {
             let (node_id, conn) = coordinator.connection().await?;
             check_timeout(&client, node_id, config.transaction_timeout_ms).await?;
             let transaction_version = transaction_version(&conn);
-            let end_txn_version = if conn.version_of::<EndTxnRequest>().unwrap_or(0) >= 5 {
-                2
-            } else {
-                1
-            };
+            // EndTxn v5 (epoch bump) only where the cluster enabled transactions version 2,
+            // as the Java client does: a broker would apply it per request even at version 1.
+            let end_txn_version = transaction_version;
             let request = InitProducerIdRequest::default()
                 .with_transactional_id(Some(TransactionalId(kstr(config.transactional_id.clone()))))
                 .with_transaction_timeout_ms(config.transaction_timeout_ms)
@@ -221,6 +223,8 @@ impl TransactionalProducer {
         inner.partitions.clear();
         inner.offsets_added = false;
         inner.closing = None;
+        // Offsets acknowledged before this transaction are not its own.
+        self.producer.take_batch_offsets();
         debug!(transactional_id = %self.config.transactional_id, "transaction begun");
         Ok(())
     }
@@ -509,7 +513,23 @@ impl TransactionalProducer {
             return Err(self.fail_flush(e));
         }
         let mut inner = self.lock();
-        let prepared = self.identity(&inner);
+        let mut prepared = self.identity(&inner);
+        // Where its marker will be looked for once the transactional id has moved on.
+        prepared.partitions = self
+            .producer
+            .take_batch_offsets()
+            .into_iter()
+            .map(
+                |((topic, partition), last_batch_offset)| PreparedPartition {
+                    topic,
+                    partition,
+                    last_batch_offset,
+                },
+            )
+            .collect();
+        prepared
+            .partitions
+            .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         inner.state = TxnState::Prepared;
         inner.closing = None;
         inner.prepared = Some(prepared.clone());
@@ -523,6 +543,7 @@ impl TransactionalProducer {
             producer_epoch: inner.producer_epoch,
             transaction_version: self.end_txn_version,
             empty: inner.partitions.is_empty() && !inner.offsets_added,
+            partitions: Vec::new(),
         }
     }
 
