@@ -7,8 +7,10 @@
 mod common;
 
 mod admin;
+mod back_to_back;
 mod interop;
 mod produce_fetch;
 mod transactions;
 mod transactions_java;
+mod txn_settle;
 mod versions;

@@ -28,6 +28,7 @@
 mod coordinator;
 mod prepared;
 mod producer;
+mod settle;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,11 @@ pub struct TransactionConfig {
     pub coordinator_deadline_ms: u64,
     /// Backoff after CONCURRENT_TRANSACTIONS (the previous transaction is still completing).
     pub concurrent_txn_backoff_ms: u64,
+    /// The first write of a transaction that starts within this long of the previous EndTxn
+    /// answer first waits (best effort, at most 100 ms) until the coordinator has written the
+    /// previous transaction's markers, instead of racing them and losing 20 ms to
+    /// CONCURRENT_TRANSACTIONS (see `settle.rs`). 0 turns the wait off.
+    pub settle_window_ms: u64,
 }
 
 impl TransactionConfig {
@@ -63,6 +69,7 @@ impl TransactionConfig {
             producer: ProducerConfig::default(),
             coordinator_deadline_ms: 30_000,
             concurrent_txn_backoff_ms: 20,
+            settle_window_ms: 100,
         }
     }
 }
@@ -150,6 +157,12 @@ pub struct TxnMetrics {
     pub retries: u64,
     /// Commit latencies (EndTxn round trips including retries), in µs, most recent 1024.
     pub commit_latency_us: Vec<u64>,
+    /// DescribeTransactions probes sent before a transaction's first write, to wait out the
+    /// previous transaction's markers (`settle_window_ms`).
+    pub settle_probes: u64,
+    /// First writes that found the previous transaction's markers still being written, and
+    /// waited for them.
+    pub settle_waits: u64,
 }
 
 /// Consumer-group metadata sent with offsets (KIP-447 fencing of zombie consumers).

@@ -19,6 +19,7 @@ use crate::protocol::messages::messages::{
 
 use super::coordinator::{check_timeout, transaction_version, Coordinator};
 use super::prepared::end_txn;
+use super::settle::Settle;
 use super::{GroupMetadata, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome, TxnState};
 use crate::client::producer::{DeliveryFuture, Producer, ProducerRecord};
 use crate::client::{Client, ClientError};
@@ -32,6 +33,8 @@ struct Inner {
     /// Offsets were added (AddOffsetsToTxn) in the current transaction.
     offsets_added: bool,
     metrics: TxnMetrics,
+    /// Waits out the previous transaction's markers before the next one's first write.
+    settle: Settle,
 }
 
 /// The transactional producer. See the module docs.
@@ -120,6 +123,7 @@ impl TransactionalProducer {
                     partitions: HashSet::new(),
                     offsets_added: false,
                     metrics: TxnMetrics::default(),
+                    settle: Settle::new(config.settle_window_ms),
                 }),
                 config,
             })
@@ -146,7 +150,12 @@ impl TransactionalProducer {
 
     /// Counters and commit latencies so far.
     pub async fn metrics(&self) -> TxnMetrics {
-        self.inner.lock().await.metrics.clone()
+        let inner = self.inner.lock().await;
+        TxnMetrics {
+            settle_probes: inner.settle.probes,
+            settle_waits: inner.settle.waits,
+            ..inner.metrics.clone()
+        }
     }
 
     /// Opens a transaction.
@@ -175,6 +184,7 @@ impl TransactionalProducer {
         };
         let tp = (record.topic.clone(), partition);
         if !inner.partitions.contains(&tp) {
+            inner.settle.before_write(&self.coordinator).await;
             if self.transaction_version < 2 {
                 let result = self.add_partition(&inner, &tp).await;
                 if let Err(e) = result {
@@ -227,6 +237,7 @@ impl TransactionalProducer {
     ) -> Result<(), ClientError> {
         let mut inner = self.inner.lock().await;
         inner.expect("send_offsets", &[TxnState::InTransaction])?;
+        inner.settle.before_write(&self.coordinator).await;
         let txn_id = TransactionalId(kstr(self.config.transactional_id.clone()));
         let add = AddOffsetsToTxnRequest::default()
             .with_transactional_id(txn_id.clone())
@@ -423,6 +434,7 @@ impl TransactionalProducer {
                     }
                 }
                 inner.state = TxnState::Ready;
+                inner.settle.ended();
                 inner.error = None;
                 inner.partitions.clear();
                 inner.offsets_added = false;
