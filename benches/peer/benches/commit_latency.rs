@@ -271,6 +271,13 @@ fn main() {
                 .collect();
             (commit_only, end_only)
         });
+        let m = all.rt.block_on(ours.metrics());
+        println!(
+            "exactly waited for the previous transaction's markers before {} of {} first writes ({} DescribeTransactions probes)",
+            m.settle_waits,
+            m.commits + m.aborts,
+            m.settle_probes
+        );
         let (c50, e50, e99) = (
             percentile(&mut commit_only, 0.5),
             percentile(&mut end_only, 0.5),
