@@ -12,5 +12,6 @@ mod interop;
 mod produce_fetch;
 mod transactions;
 mod transactions_java;
+mod txn_lifecycle;
 mod txn_settle;
 mod versions;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use exactly::client::admin::Isolation;
 use exactly::client::producer::ProducerRecord;
 use exactly::client::transaction::{
-    describe_transaction, TransactionConfig, TransactionalProducer, TxnOutcome,
+    describe_transaction, CoordinatorState, TransactionConfig, TransactionalProducer, TxnOutcome,
 };
 use exactly::client::{Client, ClientError};
 
@@ -368,16 +368,17 @@ async fn prepared_transaction_that_timed_out_is_reported_lost() {
     let (lso, hw) = lso_and_hw(&client, &topic, 0).await;
     assert!(lso < hw, "the open transaction holds the LSO back");
     // Wait (bounded) for the coordinator to abort it on timeout.
-    let mut state = String::new();
+    let mut state = CoordinatorState::Empty;
     for _ in 0..300 {
         state = describe_transaction(&client, &id).await.unwrap().state;
-        if state == "CompleteAbort" {
+        if state == CoordinatorState::CompleteAbort {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        state, "CompleteAbort",
+        state,
+        CoordinatorState::CompleteAbort,
         "the broker did not abort the timed-out transaction"
     );
     let (ok, _, stderr) = txn_cli("commit", &file);

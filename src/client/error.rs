@@ -166,6 +166,17 @@ pub enum ClientError {
         /// What the coordinator said (error code and transaction state).
         reason: String,
     },
+    /// A request that may have taken effect (an attempt timed out) was retried, and a later
+    /// attempt failed for another reason: whether it took effect is unknown.
+    #[error("{what} may have taken effect (an attempt failed with: {maybe_applied}); the last attempt failed with: {last}")]
+    OutcomeUnknown {
+        /// The operation.
+        what: &'static str,
+        /// The attempt that may have taken effect.
+        maybe_applied: Box<ClientError>,
+        /// The last error seen.
+        last: Box<ClientError>,
+    },
     /// The transaction timeout is larger than the broker allows.
     #[error("transaction timeout {timeout_ms} ms exceeds the broker's transaction.max.timeout.ms ({broker_max_ms} ms)")]
     TransactionTimeoutTooLarge {
@@ -225,6 +236,7 @@ impl ClientError {
             Self::Connection(e) if e.is_disconnect() => Class::Retriable,
             Self::NoBrokers { .. } => Class::Retriable,
             Self::DeliveryTimeout { .. } => Class::UnknownOutcome,
+            Self::OutcomeUnknown { .. } => Class::UnknownOutcome,
             Self::RetriesExhausted { last, .. } => match last.class() {
                 Class::Retriable => Class::Abortable,
                 other => other,

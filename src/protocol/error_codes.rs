@@ -112,6 +112,43 @@ pub mod codes {
     pub const TRANSACTION_ABORTABLE: i16 = 120;
 }
 
+/// The answers a coordinator gives to EndTxn(commit) that say what happened: NONE (committed)
+/// or a refusal that proves this request did not commit — the codes EndTxn is documented to
+/// return (`EndTxnResponse.json`; the Java client's `EndTxnHandler` handles exactly these).
+/// For these codes the table's own class applies.
+///
+/// Any other code — one the table does not know (a newer broker), or one EndTxn has no business
+/// returning, such as UNKNOWN_SERVER_ERROR — says nothing about whether the commit was applied,
+/// so [`end_txn_commit`] classifies it as [`Class::UnknownOutcome`]: the transaction is re-checked
+/// with the coordinator and never aborted on its strength.
+pub static END_TXN_COMMIT_ANSWERS: &[i16] = &[
+    0,   // NONE
+    14,  // COORDINATOR_LOAD_IN_PROGRESS
+    15,  // COORDINATOR_NOT_AVAILABLE
+    16,  // NOT_COORDINATOR
+    47,  // INVALID_PRODUCER_EPOCH
+    48,  // INVALID_TXN_STATE
+    49,  // INVALID_PRODUCER_ID_MAPPING
+    51,  // CONCURRENT_TRANSACTIONS
+    53,  // TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    90,  // PRODUCER_FENCED
+    120, // TRANSACTION_ABORTABLE
+];
+
+/// Looks up a code answered to EndTxn(commit): the table's row, with the class
+/// [`Class::UnknownOutcome`] for codes outside [`END_TXN_COMMIT_ANSWERS`].
+pub fn end_txn_commit(code: i16) -> ErrorCode {
+    let row = lookup(code);
+    if END_TXN_COMMIT_ANSWERS.contains(&code) {
+        row
+    } else {
+        ErrorCode {
+            class: Class::UnknownOutcome,
+            ..row
+        }
+    }
+}
+
 use Class::{Abortable, Fatal, None as None_, Retriable, UnknownOutcome};
 use Refresh::{Coordinator, Metadata, No};
 
@@ -305,6 +342,32 @@ mod tests {
             Class::UnknownOutcome
         );
         assert_eq!(lookup(codes::TRANSACTION_ABORTABLE).class, Class::Abortable);
+    }
+
+    #[test]
+    fn unexpected_end_txn_commit_answers_leave_the_outcome_unknown() {
+        for code in [
+            -1,
+            9999,
+            codes::UNKNOWN_PRODUCER_ID,
+            codes::OFFSET_OUT_OF_RANGE,
+        ] {
+            assert_eq!(end_txn_commit(code).class, Class::UnknownOutcome, "{code}");
+        }
+        assert_eq!(end_txn_commit(-1).name, "UNKNOWN_SERVER_ERROR");
+        assert_eq!(end_txn_commit(codes::PRODUCER_FENCED).class, Class::Fatal);
+        assert_eq!(
+            end_txn_commit(codes::CONCURRENT_TRANSACTIONS).class,
+            Class::Retriable
+        );
+        assert_eq!(
+            end_txn_commit(codes::TRANSACTION_ABORTABLE).class,
+            Class::Abortable
+        );
+        // Every listed code is one the table knows.
+        for code in END_TXN_COMMIT_ANSWERS {
+            assert_ne!(lookup(*code).name, "UNKNOWN_CODE", "{code}");
+        }
     }
 
     #[test]

@@ -13,14 +13,14 @@ use tracing::debug;
 
 use crate::connection::backoff::{Backoff, BackoffConfig};
 use crate::connection::{Connection, ConnectionError};
-use crate::protocol::error_codes::{self, codes, Class, Refresh};
+use crate::protocol::error_codes::{self, codes, Class, ErrorCode, Refresh};
 use crate::protocol::messages::messages::{
     DescribeTransactionsRequest, EndTxnRequest, FindCoordinatorRequest, ProduceRequest, ProducerId,
     TransactionalId,
 };
 use crate::protocol::messages::{kstr, KafkaRequest};
 
-use super::{PreparedTxn, TxnDescription};
+use super::{CoordinatorState, PreparedTxn, TxnDescription};
 use crate::client::admin::{Admin, ConfigResource};
 use crate::client::{Client, ClientError};
 
@@ -50,7 +50,7 @@ pub(super) async fn describe(coordinator: &Coordinator) -> Result<TxnDescription
         .next()
         .ok_or_else(|| ClientError::broker("DescribeTransactions", codes::INVALID_TXN_STATE))?;
     Ok(TxnDescription {
-        state: s.transaction_state.to_string(),
+        state: CoordinatorState::parse(s.transaction_state.as_str()),
         producer_id: s.producer_id.0,
         producer_epoch: s.producer_epoch,
         partitions: s
@@ -77,8 +77,14 @@ pub(super) async fn send_end_txn(
         .with_producer_id(ProducerId(prepared.producer_id))
         .with_producer_epoch(prepared.producer_epoch)
         .with_committed(commit);
+    // An unexpected answer to a commit may hide an applied commit: classified as unknown.
+    let classify = if commit {
+        error_codes::end_txn_commit
+    } else {
+        error_codes::lookup
+    };
     let (response, version) = coordinator
-        .call(&request, "EndTxn", |r| r.error_code)
+        .call_classified(&request, "EndTxn", |r| r.error_code, classify)
         .await?;
     // Version 5 (transactions v2) returns the bumped epoch; older versions return none.
     Ok((version >= 5 && response.producer_id.0 >= 0)
@@ -220,10 +226,8 @@ impl Coordinator {
         }
     }
 
-    /// Sends `request` to the coordinator; `code` extracts the error code to classify.
-    /// Retriable codes and disconnects are retried until the deadline (CONCURRENT_TRANSACTIONS
-    /// with a short fixed backoff); timeouts are retried too, since every coordinator request
-    /// we send is idempotent for the same producer id and epoch.
+    /// Sends `request` to the coordinator; `code` extracts the error code, classified by the
+    /// error-code table. See [`Coordinator::call_classified`].
     pub(super) async fn call<R: KafkaRequest>(
         &self,
         request: &R,
@@ -233,8 +237,34 @@ impl Coordinator {
     where
         R::Response: Send + 'static,
     {
+        self.call_classified(request, api, code, error_codes::lookup)
+            .await
+    }
+
+    /// Sends `request` to the coordinator; `code` extracts the error code and `classify` reads
+    /// its row (the error-code table, or a request-specific view of it such as
+    /// [`error_codes::end_txn_commit`]). Retriable codes and disconnects are retried until the
+    /// deadline (CONCURRENT_TRANSACTIONS with a short fixed backoff); timeouts are retried too,
+    /// since every coordinator request we send is idempotent for the same producer id and epoch.
+    /// An answer whose outcome is unknown is retried only when Kafka calls it retriable (a
+    /// broker-side timeout), not when it is merely unexpected.
+    ///
+    /// An attempt that timed out may have been applied. If a later attempt then fails for
+    /// another reason, the result is [`ClientError::OutcomeUnknown`], never the later error
+    /// alone: a refusal of the retry says nothing about the first attempt.
+    pub(super) async fn call_classified<R: KafkaRequest>(
+        &self,
+        request: &R,
+        api: &'static str,
+        code: impl Fn(&R::Response) -> i16,
+        classify: fn(i16) -> ErrorCode,
+    ) -> Result<(R::Response, i16), ClientError>
+    where
+        R::Response: Send + 'static,
+    {
         let mut backoff = Backoff::new(self.backoff_config());
         let mut last: Option<ClientError>;
+        let mut maybe_applied: Option<ClientError> = None;
         loop {
             let attempt = async {
                 let (_, conn) = self.connection().await?;
@@ -244,7 +274,13 @@ impl Coordinator {
             let error = match attempt {
                 Ok((version, response)) => match code(&response) {
                     0 => return Ok((response, version)),
-                    c => ClientError::broker(api, c),
+                    c => ClientError::Broker {
+                        api,
+                        code: classify(c),
+                        topic: None,
+                        partition: None,
+                        message: None,
+                    },
                 },
                 Err(e) => e,
             };
@@ -254,13 +290,12 @@ impl Coordinator {
                         self.forget();
                     }
                     match code.class {
-                        Class::Retriable | Class::UnknownOutcome => {
-                            Some(if code.code == codes::CONCURRENT_TRANSACTIONS {
-                                Duration::from_millis(self.concurrent_backoff_ms)
-                            } else {
-                                Duration::ZERO
-                            })
-                        }
+                        Class::Retriable => Some(if code.code == codes::CONCURRENT_TRANSACTIONS {
+                            Duration::from_millis(self.concurrent_backoff_ms)
+                        } else {
+                            Duration::ZERO
+                        }),
+                        Class::UnknownOutcome if code.kafka_retriable => Some(Duration::ZERO),
                         _ => None,
                     }
                 }
@@ -274,6 +309,9 @@ impl Coordinator {
                 }
                 _ => None,
             };
+            if error.class() == Class::UnknownOutcome && maybe_applied.is_none() {
+                maybe_applied = Some(error.clone());
+            }
             last = Some(error);
             let Some(fixed) = wait else { break };
             if Instant::now() >= backoff.deadline() {
@@ -290,11 +328,19 @@ impl Coordinator {
         }
         let last =
             last.unwrap_or_else(|| ClientError::broker(api, error_codes::codes::REQUEST_TIMED_OUT));
-        Err(match last.class() {
+        let last = match last.class() {
             Class::Retriable => ClientError::RetriesExhausted {
                 what: api,
                 attempts: backoff.attempts(),
                 deadline_ms: self.deadline_ms,
+                last: Box::new(last),
+            },
+            _ => last,
+        };
+        Err(match maybe_applied {
+            Some(first) if last.class() != Class::UnknownOutcome => ClientError::OutcomeUnknown {
+                what: api,
+                maybe_applied: Box::new(first),
                 last: Box::new(last),
             },
             _ => last,

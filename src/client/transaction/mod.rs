@@ -29,6 +29,7 @@ mod coordinator;
 mod prepared;
 mod producer;
 mod settle;
+mod state;
 
 use serde::{Deserialize, Serialize};
 
@@ -194,12 +195,122 @@ impl GroupMetadata {
 /// The state the coordinator holds for a transactional id (DescribeTransactions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnDescription {
-    /// `Empty`, `Ongoing`, `PrepareCommit`, `CompleteCommit`, `PrepareAbort`, `CompleteAbort`, ...
-    pub state: String,
+    /// The coordinator's state for the transactional id.
+    pub state: CoordinatorState,
     /// Current producer id.
     pub producer_id: i64,
     /// Current epoch.
     pub producer_epoch: i16,
     /// Partitions in the ongoing transaction.
     pub partitions: Vec<(String, i32)>,
+}
+
+/// A transactional id's state on its coordinator, as DescribeTransactions reports it (the
+/// broker's `TransactionState`; KIP-664). Typed, so that decisions match variants rather than
+/// string literals; a state this client does not know (a newer broker) is kept as
+/// [`CoordinatorState::Other`] and matches no decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CoordinatorState {
+    /// No transaction since the last InitProducerId.
+    Empty,
+    /// A transaction is open.
+    Ongoing,
+    /// Commit decided and logged; markers being written.
+    PrepareCommit,
+    /// Abort decided and logged; markers being written.
+    PrepareAbort,
+    /// The last transaction committed.
+    CompleteCommit,
+    /// The last transaction aborted.
+    CompleteAbort,
+    /// The coordinator is fencing the producer (abort with an epoch bump).
+    PrepareEpochFence,
+    /// The transactional id expired.
+    Dead,
+    /// A state name this client does not know.
+    Other(String),
+}
+
+impl CoordinatorState {
+    const NAMED: [(&'static str, CoordinatorState); 8] = [
+        ("Empty", Self::Empty),
+        ("Ongoing", Self::Ongoing),
+        ("PrepareCommit", Self::PrepareCommit),
+        ("PrepareAbort", Self::PrepareAbort),
+        ("CompleteCommit", Self::CompleteCommit),
+        ("CompleteAbort", Self::CompleteAbort),
+        ("PrepareEpochFence", Self::PrepareEpochFence),
+        ("Dead", Self::Dead),
+    ];
+
+    /// Parses the broker's state name.
+    pub fn parse(name: &str) -> Self {
+        Self::NAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or_else(|| Self::Other(name.to_owned()), |(_, s)| s.clone())
+    }
+
+    /// The broker's name for the state.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Other(name) => name,
+            known => Self::NAMED
+                .iter()
+                .find(|(_, s)| s == known)
+                .map_or("", |(n, _)| n),
+        }
+    }
+
+    /// Whether the coordinator is writing the markers of a decided commit or abort.
+    pub fn is_ending(&self) -> bool {
+        matches!(self, Self::PrepareCommit | Self::PrepareAbort)
+    }
+}
+
+impl std::fmt::Display for CoordinatorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for CoordinatorState {
+    fn from(name: &str) -> Self {
+        Self::parse(name)
+    }
+}
+
+/// Serialized as the broker's state name (as the CLI prints it).
+impl Serialize for CoordinatorState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod fake_cluster;
+#[cfg(test)]
+mod fake_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::CoordinatorState;
+
+    #[test]
+    fn coordinator_states_round_trip_and_unknown_names_are_kept() {
+        for (name, state) in CoordinatorState::NAMED {
+            assert_eq!(CoordinatorState::parse(name), state);
+            assert_eq!(state.as_str(), name);
+        }
+        let newer = CoordinatorState::parse("PrepareSomethingNew");
+        assert_eq!(newer, CoordinatorState::Other("PrepareSomethingNew".into()));
+        assert_eq!(newer.to_string(), "PrepareSomethingNew");
+        assert!(!newer.is_ending());
+        assert!(CoordinatorState::PrepareAbort.is_ending());
+        assert_eq!(
+            serde_json::to_string(&CoordinatorState::CompleteCommit).unwrap(),
+            "\"CompleteCommit\""
+        );
+    }
 }

@@ -7,7 +7,7 @@ use crate::connection::backoff::Backoff;
 use crate::protocol::error_codes::{codes, Class};
 
 use super::coordinator::{describe, send_end_txn, Coordinator};
-use super::{PreparedTxn, TxnDescription, TxnOutcome};
+use super::{CoordinatorState, PreparedTxn, TxnDescription, TxnOutcome};
 use crate::client::{Client, ClientError};
 
 /// Commits a prepared transaction from any process, without InitProducerId. Committing one
@@ -85,8 +85,8 @@ pub(super) async fn end_txn(
             if let Some(outcome) = already_ended(&description, prepared, commit)? {
                 return Ok((outcome, None));
             }
-            let ending = matches!(description.state.as_str(), "PrepareCommit" | "PrepareAbort")
-                && description.producer_id == prepared.producer_id;
+            let ending =
+                description.state.is_ending() && description.producer_id == prepared.producer_id;
             if !(ending && backoff.wait().await) {
                 break;
             }
@@ -131,7 +131,9 @@ pub(super) async fn end_txn(
             warn!(error = %e, "EndTxn(commit) outcome unknown; asking the coordinator");
             if let Ok(d) = describe(coordinator).await {
                 if let Some(outcome) = already_ended(&d, prepared, true)? {
-                    return Ok((outcome, None));
+                    // Continue on the epoch the coordinator reports: under transactions v2 the
+                    // commit bumped it, and the old one is fenced.
+                    return Ok((outcome, Some((d.producer_id, d.producer_epoch))));
                 }
             }
             Err(ClientError::CommitOutcomeUnknown {
@@ -168,11 +170,13 @@ fn already_ended(
     if !ours {
         return Ok(None);
     }
-    match (d.state.as_str(), commit) {
-        ("CompleteCommit", true) => Ok(Some(TxnOutcome::AlreadyCommitted)),
-        ("CompleteAbort", false) => Ok(Some(TxnOutcome::AlreadyAborted)),
-        ("CompleteCommit", false) => Err(lost(prepared, commit, "it was already committed".into())),
-        ("CompleteAbort", true) => Err(lost(
+    match (&d.state, commit) {
+        (CoordinatorState::CompleteCommit, true) => Ok(Some(TxnOutcome::AlreadyCommitted)),
+        (CoordinatorState::CompleteAbort, false) => Ok(Some(TxnOutcome::AlreadyAborted)),
+        (CoordinatorState::CompleteCommit, false) => {
+            Err(lost(prepared, commit, "it was already committed".into()))
+        }
+        (CoordinatorState::CompleteAbort, true) => Err(lost(
             prepared,
             commit,
             format!("the coordinator aborted it (state {})", d.state),

@@ -1,13 +1,22 @@
 //! The transactional producer's state machine: begin → send/send_offsets → commit, abort or
 //! prepare, over the idempotent [`Producer`].
+//!
+//! Concurrency: the state lives behind a `std` mutex that is never held across an await, so
+//! [`TransactionalProducer::state`] and [`TransactionalProducer::metrics`] answer at once, even
+//! during a commit. The operations that wait on the coordinator or on a flush (commit, abort,
+//! prepare, flush, send_offsets) run one at a time under a separate async lock, which `send`
+//! does not take.
+//!
+//! Ending a transaction first *closes* it: from then on `send` is refused (the record would
+//! otherwise land in the next transaction), and sends that passed their state check earlier
+//! are waited for until their records are queued; only then are the records flushed and EndTxn
+//! sent, so EndTxn comes after every batch appended before it.
 
-use std::collections::HashSet;
-
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
-use crate::protocol::error_codes::{codes, Class};
+use crate::protocol::error_codes::codes;
 use crate::protocol::messages::kstr;
 use crate::protocol::messages::messages::{
     add_partitions_to_txn_request::AddPartitionsToTxnTopic,
@@ -20,24 +29,21 @@ use crate::protocol::messages::messages::{
 use super::coordinator::{check_timeout, transaction_version, Coordinator};
 use super::prepared::end_txn;
 use super::settle::Settle;
+use super::state::Inner;
 use super::{GroupMetadata, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome, TxnState};
 use crate::client::producer::{DeliveryFuture, Producer, ProducerRecord};
 use crate::client::{Client, ClientError};
 
-struct Inner {
-    state: TxnState,
-    error: Option<ClientError>,
-    producer_id: i64,
-    producer_epoch: i16,
-    partitions: HashSet<(String, i32)>,
-    /// Offsets were added (AddOffsetsToTxn) in the current transaction.
-    offsets_added: bool,
-    metrics: TxnMetrics,
-    /// Waits out the previous transaction's markers before the next one's first write.
-    settle: Settle,
-}
-
 /// The transactional producer. See the module docs.
+///
+/// Lifecycle: `init` → Ready → `begin` → InTransaction → `send`/`send_offsets` → `commit` or
+/// `abort` → Ready, or `prepare` → Prepared → `commit`/`abort` (by this producer, which then
+/// returns to Ready on the epoch the coordinator gives and can be reused) or
+/// [`commit_prepared`](super::commit_prepared)/[`abort_prepared`](super::abort_prepared) from a
+/// stored [`PreparedTxn`] after a restart ([`TransactionalProducer::recover`] does that, then
+/// `init`, in the safe order). A two-phase-commit sink keeps a pool of producers, one
+/// transactional id each: one holds the prepared transaction of a checkpoint while the next
+/// transaction runs on another.
 pub struct TransactionalProducer {
     client: Client,
     config: TransactionConfig,
@@ -48,7 +54,16 @@ pub struct TransactionalProducer {
     /// whose answer carries a bumped epoch (KIP-890). A broker applies that per request version,
     /// even where the `transaction.version` feature is still 1.
     end_txn_version: i16,
-    inner: Mutex<Inner>,
+    /// Never held across an await.
+    inner: std::sync::Mutex<Inner>,
+    /// One waiting operation (commit, abort, prepare, flush, send_offsets) at a time.
+    op: Mutex<()>,
+    /// One AddPartitionsToTxn at a time (transactions v1), so that a partition is added once.
+    adding: Mutex<()>,
+    /// Signalled when `sends_in_flight` drops to zero.
+    sends_idle: Notify,
+    /// Waits out the previous transaction's markers before the next one's first write.
+    settle: Settle,
 }
 
 impl std::fmt::Debug for TransactionalProducer {
@@ -56,6 +71,19 @@ impl std::fmt::Debug for TransactionalProducer {
         f.debug_struct("TransactionalProducer")
             .field("transactional_id", &self.config.transactional_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// Counts a send as in flight until its record is queued (or it gave up or was dropped).
+struct InFlightSend<'a>(&'a TransactionalProducer);
+
+impl Drop for InFlightSend<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.sends_in_flight -= 1;
+        if inner.sends_in_flight == 0 {
+            self.0.sends_idle.notify_waiters();
+        }
     }
 }
 
@@ -115,16 +143,11 @@ impl TransactionalProducer {
                 coordinator,
                 transaction_version,
                 end_txn_version,
-                inner: Mutex::new(Inner {
-                    state: TxnState::Ready,
-                    error: None,
-                    producer_id: pid,
-                    producer_epoch: epoch,
-                    partitions: HashSet::new(),
-                    offsets_added: false,
-                    metrics: TxnMetrics::default(),
-                    settle: Settle::new(config.settle_window_ms),
-                }),
+                inner: std::sync::Mutex::new(Inner::new(pid, epoch)),
+                op: Mutex::new(()),
+                adding: Mutex::new(()),
+                sends_idle: Notify::new(),
+                settle: Settle::new(config.settle_window_ms),
                 config,
             })
         }
@@ -132,15 +155,55 @@ impl TransactionalProducer {
         .await
     }
 
-    /// The current state.
-    pub async fn state(&self) -> TxnState {
-        self.inner.lock().await.state
+    /// Restart recovery for a two-phase-commit sink: finishes the transaction prepared before
+    /// the restart (stored in the last completed checkpoint) with
+    /// [`commit_prepared`](super::commit_prepared), and only then calls [`Self::init`] —
+    /// InitProducerId would abort a transaction still open under this transactional id. Errors
+    /// from the commit (lost, outcome unknown) are returned without calling `init`.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the commit may have been sent; calling again is safe.
+    pub async fn recover(
+        client: Client,
+        config: TransactionConfig,
+        prepared: Option<&PreparedTxn>,
+    ) -> Result<(Self, Option<TxnOutcome>), ClientError> {
+        let outcome = match prepared {
+            Some(p) if p.transactional_id != config.transactional_id => {
+                return Err(ClientError::Config {
+                    field: "transactional_id",
+                    message: format!(
+                        "the prepared transaction belongs to {:?}, not {:?}",
+                        p.transactional_id, config.transactional_id
+                    ),
+                })
+            }
+            Some(p) => {
+                Some(super::commit_prepared(&client, p, config.coordinator_deadline_ms).await?)
+            }
+            None => None,
+        };
+        Ok((Self::init(client, config).await?, outcome))
     }
 
-    /// The producer id and epoch in use.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current state. Never waits (also not during a commit); `async` for compatibility.
+    pub async fn state(&self) -> TxnState {
+        self.lock().state
+    }
+
+    /// The producer id and epoch in use. Never waits.
     pub async fn producer_id(&self) -> (i64, i16) {
-        let inner = self.inner.lock().await;
+        let inner = self.lock();
         (inner.producer_id, inner.producer_epoch)
+    }
+
+    /// The transaction this producer prepared and still holds (state Prepared), if any.
+    pub fn prepared(&self) -> Option<PreparedTxn> {
+        self.lock().prepared.clone()
     }
 
     /// The transactions protocol version in use (1, or 2 with KIP-890).
@@ -148,66 +211,101 @@ impl TransactionalProducer {
         self.transaction_version
     }
 
-    /// Counters and commit latencies so far.
+    /// Counters and commit latencies so far. Never waits.
     pub async fn metrics(&self) -> TxnMetrics {
-        let inner = self.inner.lock().await;
+        let (settle_probes, settle_waits) = self.settle.counts();
         TxnMetrics {
-            settle_probes: inner.settle.probes,
-            settle_waits: inner.settle.waits,
-            ..inner.metrics.clone()
+            settle_probes,
+            settle_waits,
+            ..self.lock().metrics.clone()
         }
     }
 
     /// Opens a transaction.
     #[tracing::instrument(level = "debug", name = "txn.begin", skip_all, fields(transactional_id = %self.config.transactional_id))]
     pub async fn begin(&self) -> Result<(), ClientError> {
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.lock();
         inner.expect("begin", &[TxnState::Ready])?;
         inner.state = TxnState::InTransaction;
         inner.partitions.clear();
         inner.offsets_added = false;
+        inner.closing = None;
         debug!(transactional_id = %self.config.transactional_id, "transaction begun");
         Ok(())
     }
 
+    /// The open transaction's producer id and epoch, if records may still join it.
+    fn open_check(&self, operation: &'static str) -> Result<(i64, i16), ClientError> {
+        let inner = self.lock();
+        inner.expect(operation, &[TxnState::InTransaction])?;
+        if let Some(state) = inner.closing {
+            return Err(ClientError::InvalidTxnState { operation, state });
+        }
+        Ok((inner.producer_id, inner.producer_epoch))
+    }
+
     /// Sends a record inside the open transaction. Under transactions version 1 the partition is
-    /// added to the transaction (AddPartitionsToTxn) before its first record.
+    /// added to the transaction (AddPartitionsToTxn) before its first record. Refused once
+    /// `commit`, `prepare` or `abort` has begun; a send that passed that check before is waited
+    /// for, and its record is part of the transaction being ended.
     ///
     /// # Cancel safety
     /// Cancel safe: if dropped, the record was not queued (its partition may have been added).
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
-        let mut inner = self.inner.lock().await;
-        inner.expect("send", &[TxnState::InTransaction])?;
+        let (pid, epoch) = {
+            let mut inner = self.lock();
+            inner.expect("send", &[TxnState::InTransaction])?;
+            if let Some(state) = inner.closing {
+                return Err(ClientError::InvalidTxnState {
+                    operation: "send",
+                    state,
+                });
+            }
+            inner.sends_in_flight += 1;
+            (inner.producer_id, inner.producer_epoch)
+        };
+        let _in_flight = InFlightSend(self);
         let partition = match record.partition {
             Some(p) => p,
             None => self.producer.partition_for(&record).await?,
         };
         let tp = (record.topic.clone(), partition);
-        if !inner.partitions.contains(&tp) {
-            inner.settle.before_write(&self.coordinator).await;
-            if self.transaction_version < 2 {
-                let result = self.add_partition(&inner, &tp).await;
-                if let Err(e) = result {
-                    return Err(inner.fail(e));
-                }
-            }
-            inner.partitions.insert(tp);
+        self.settle.before_write(&self.coordinator).await;
+        if self.transaction_version < 2 {
+            self.add_partition(&tp, pid, epoch).await?;
         }
-        drop(inner);
-        self.producer.send(record.with_partition(partition)).await
+        let delivery = self.producer.send(record.with_partition(partition)).await?;
+        // Under transactions v2 the first produce adds the partition on the broker: record it
+        // only once a record is queued, so that a send that failed here leaves no partition
+        // behind (an EndTxn for a transaction the coordinator never saw is refused).
+        self.lock().partitions.insert(tp);
+        Ok(delivery)
     }
 
-    async fn add_partition(&self, inner: &Inner, tp: &(String, i32)) -> Result<(), ClientError> {
+    async fn add_partition(
+        &self,
+        tp: &(String, i32),
+        pid: i64,
+        epoch: i16,
+    ) -> Result<(), ClientError> {
+        if self.lock().partitions.contains(tp) {
+            return Ok(());
+        }
+        let _adding = self.adding.lock().await;
+        if self.lock().partitions.contains(tp) {
+            return Ok(());
+        }
         let request = AddPartitionsToTxnRequest::default()
             .with_v3_and_below_transactional_id(TransactionalId(kstr(
                 self.config.transactional_id.clone(),
             )))
-            .with_v3_and_below_producer_id(ProducerId(inner.producer_id))
-            .with_v3_and_below_producer_epoch(inner.producer_epoch)
+            .with_v3_and_below_producer_id(ProducerId(pid))
+            .with_v3_and_below_producer_epoch(epoch)
             .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
                 .with_name(TopicName(kstr(tp.0.clone())))
                 .with_partitions(vec![tp.1])]);
-        self.coordinator
+        let result = self
+            .coordinator
             .call(&request, "AddPartitionsToTxn", |r| {
                 if r.error_code != 0 {
                     return r.error_code;
@@ -219,9 +317,17 @@ impl TransactionalProducer {
                     .find(|c| *c != 0)
                     .unwrap_or(0)
             })
-            .await
-            .map(|_| ())
-            .map_err(|e| self.classify(e, inner))
+            .await;
+        match result {
+            Ok(_) => {
+                self.lock().partitions.insert(tp.clone());
+                Ok(())
+            }
+            Err(e) => {
+                let e = self.classify(e, pid, epoch);
+                Err(self.lock().fail(e))
+            }
+        }
     }
 
     /// Adds consumer offsets to the transaction (AddOffsetsToTxn + TxnOffsetCommit, KIP-447):
@@ -235,24 +341,24 @@ impl TransactionalProducer {
         group: &GroupMetadata,
         offsets: &[(String, i32, i64)],
     ) -> Result<(), ClientError> {
-        let mut inner = self.inner.lock().await;
-        inner.expect("send_offsets", &[TxnState::InTransaction])?;
-        inner.settle.before_write(&self.coordinator).await;
+        let _op = self.op.lock().await;
+        let (pid, epoch) = self.open_check("send_offsets")?;
+        self.settle.before_write(&self.coordinator).await;
         let txn_id = TransactionalId(kstr(self.config.transactional_id.clone()));
         let add = AddOffsetsToTxnRequest::default()
             .with_transactional_id(txn_id.clone())
-            .with_producer_id(ProducerId(inner.producer_id))
-            .with_producer_epoch(inner.producer_epoch)
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
             .with_group_id(GroupId(kstr(group.group_id.clone())));
         if let Err(e) = self
             .coordinator
             .call(&add, "AddOffsetsToTxn", |r| r.error_code)
             .await
         {
-            let e = self.classify(e, &inner);
-            return Err(inner.fail(e));
+            let e = self.classify(e, pid, epoch);
+            return Err(self.lock().fail(e));
         }
-        inner.offsets_added = true;
+        self.lock().offsets_added = true;
         let mut topics: Vec<TxnOffsetCommitRequestTopic> = Vec::new();
         for (topic, partition, offset) in offsets {
             let p = TxnOffsetCommitRequestPartition::default()
@@ -271,8 +377,8 @@ impl TransactionalProducer {
         let commit = TxnOffsetCommitRequest::default()
             .with_transactional_id(txn_id)
             .with_group_id(GroupId(kstr(group.group_id.clone())))
-            .with_producer_id(ProducerId(inner.producer_id))
-            .with_producer_epoch(inner.producer_epoch)
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
             .with_generation_id(group.generation_id)
             .with_member_id(kstr(group.member_id.clone()))
             .with_group_instance_id(group.group_instance_id.clone().map(kstr))
@@ -294,68 +400,102 @@ impl TransactionalProducer {
             })
             .await;
         if let Err(e) = result {
-            let e = self.classify(e, &inner);
-            return Err(inner.fail(e));
+            let e = self.classify(e, pid, epoch);
+            return Err(self.lock().fail(e));
         }
         Ok(())
     }
 
+    /// Closes the open transaction to new records (see the module docs), waits for sends
+    /// already past their check, and returns the state then.
+    async fn close(
+        &self,
+        operation: &'static str,
+        allowed: &[TxnState],
+        closing: &'static str,
+    ) -> Result<TxnState, ClientError> {
+        {
+            let mut inner = self.lock();
+            inner.expect(operation, allowed)?;
+            if matches!(
+                inner.state,
+                TxnState::InTransaction | TxnState::AbortableError
+            ) {
+                inner.closing = Some(closing);
+            }
+        }
+        self.wait_for_sends().await;
+        let inner = self.lock();
+        // A send that failed while we waited may have made the transaction abortable.
+        inner.expect(operation, allowed)?;
+        Ok(inner.state)
+    }
+
+    async fn wait_for_sends(&self) {
+        loop {
+            let idle = self.sends_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.lock().sends_in_flight == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     /// Flushes every record, then commits (EndTxn). Retriable coordinator errors are retried; a
     /// commit whose outcome stays unknown is reported as such and the producer stops (it is
-    /// never aborted).
+    /// never aborted). In state Prepared it commits the prepared transaction. Either way the
+    /// producer ends in Ready, on the epoch the coordinator gave, ready for the next `begin`.
     ///
     /// # Cancel safety
-    /// Not cancel safe: the commit may have been sent. Call `commit` again to finish it.
+    /// Not cancel safe: the commit may have been sent. Call `commit` again to finish it; sends
+    /// stay refused until then.
     pub async fn commit(&self) -> Result<TxnOutcome, ClientError> {
         let span = info_span!("txn.commit", transactional_id = %self.config.transactional_id);
         async {
-            let mut inner = self.inner.lock().await;
-            inner.expect(
-                "commit",
-                &[
-                    TxnState::InTransaction,
-                    TxnState::Committing,
-                    TxnState::Prepared,
-                ],
-            )?;
-            if inner.state == TxnState::InTransaction {
+            let _op = self.op.lock().await;
+            let allowed = [
+                TxnState::InTransaction,
+                TxnState::Committing,
+                TxnState::Prepared,
+            ];
+            let state = self.close("commit", &allowed, "committing").await?;
+            if state == TxnState::InTransaction {
                 if let Err(e) = self.producer.flush().await {
-                    let e = self.flush_error(e, &inner);
-                    return Err(inner.fail(e));
+                    return Err(self.fail_flush(e));
                 }
             }
-            inner.state = TxnState::Committing;
-            self.end(&mut inner, true).await
+            self.lock().state = TxnState::Committing;
+            self.end(true).await
         }
         .instrument(span)
         .await
     }
 
-    /// Aborts the open transaction. Records already sent are discarded by `read_committed`
-    /// readers. Refused after a commit whose outcome is unknown.
+    /// Aborts the open (or prepared) transaction. Records already sent are discarded by
+    /// `read_committed` readers. Refused after a commit whose outcome is unknown.
     ///
     /// # Cancel safety
     /// Not cancel safe: the abort may have been sent. Call `abort` again to finish it.
     pub async fn abort(&self) -> Result<TxnOutcome, ClientError> {
         let span = info_span!("txn.abort", transactional_id = %self.config.transactional_id);
         async {
-            let mut inner = self.inner.lock().await;
-            inner.expect(
-                "abort",
-                &[
-                    TxnState::InTransaction,
-                    TxnState::AbortableError,
-                    TxnState::Aborting,
-                    TxnState::Prepared,
-                ],
-            )?;
+            let _op = self.op.lock().await;
+            let allowed = [
+                TxnState::InTransaction,
+                TxnState::AbortableError,
+                TxnState::Aborting,
+                TxnState::Prepared,
+            ];
+            self.close("abort", &allowed, "aborting").await?;
             // Let in-flight batches finish (or fail) first: the abort must come after them.
             let flushed = self.producer.flush().await;
-            inner.state = TxnState::Aborting;
-            let outcome = self.end(&mut inner, false).await?;
+            self.lock().state = TxnState::Aborting;
+            let outcome = self.end(false).await?;
             if flushed.is_err() || self.producer.error().is_some() {
                 // Failed batches left gaps in sequences; start over with a bumped epoch (KIP-360).
-                self.bump_epoch(&mut inner).await?;
+                self.bump_epoch().await?;
             }
             Ok(outcome)
         }
@@ -363,40 +503,44 @@ impl TransactionalProducer {
         .await
     }
 
-    /// Flushes every record and returns the transaction's identity without committing it.
-    /// Commit or abort it later with [`TransactionalProducer::commit`] /
-    /// [`TransactionalProducer::abort`], or from another process with [`commit_prepared`](super::commit_prepared) /
+    /// Flushes every record and returns the transaction's identity without committing it. The
+    /// producer holds it (state Prepared) until it is committed or aborted here
+    /// ([`TransactionalProducer::commit`] / [`TransactionalProducer::abort`]), or from another
+    /// process with [`commit_prepared`](super::commit_prepared) /
     /// [`abort_prepared`](super::abort_prepared).
     ///
     /// # Cancel safety
-    /// Cancel safe: flushing only waits.
+    /// Cancel safe: flushing only waits. Sends stay refused until `prepare`, `commit` or
+    /// `abort` is called again.
     pub async fn prepare(&self) -> Result<PreparedTxn, ClientError> {
-        let mut inner = self.inner.lock().await;
-        inner.expect("prepare", &[TxnState::InTransaction])?;
+        let _op = self.op.lock().await;
+        self.close("prepare", &[TxnState::InTransaction], "preparing")
+            .await?;
         if let Err(e) = self.producer.flush().await {
-            let e = self.flush_error(e, &inner);
-            return Err(inner.fail(e));
+            return Err(self.fail_flush(e));
         }
+        let mut inner = self.lock();
+        let prepared = self.identity(&inner);
         inner.state = TxnState::Prepared;
-        Ok(PreparedTxn {
+        inner.closing = None;
+        inner.prepared = Some(prepared.clone());
+        Ok(prepared)
+    }
+
+    fn identity(&self, inner: &Inner) -> PreparedTxn {
+        PreparedTxn {
             transactional_id: self.config.transactional_id.clone(),
             producer_id: inner.producer_id,
             producer_epoch: inner.producer_epoch,
             transaction_version: self.end_txn_version,
             empty: inner.partitions.is_empty() && !inner.offsets_added,
-        })
+        }
     }
 
     /// Sends EndTxn and moves to Ready (or to an error state).
-    async fn end(&self, inner: &mut Inner, commit: bool) -> Result<TxnOutcome, ClientError> {
+    async fn end(&self, commit: bool) -> Result<TxnOutcome, ClientError> {
         let started = Instant::now();
-        let prepared = PreparedTxn {
-            transactional_id: self.config.transactional_id.clone(),
-            producer_id: inner.producer_id,
-            producer_epoch: inner.producer_epoch,
-            transaction_version: self.end_txn_version,
-            empty: inner.partitions.is_empty() && !inner.offsets_added,
-        };
+        let prepared = self.identity(&self.lock());
         // An empty transaction never reached the coordinator (which would answer
         // INVALID_TXN_STATE): there is nothing to end. A checkpoint without data is common.
         let result = if prepared.empty {
@@ -411,6 +555,7 @@ impl TransactionalProducer {
         } else {
             end_txn(&self.coordinator, &prepared, commit, false).await
         };
+        let mut inner = self.lock();
         inner.metrics.retries += u64::from(self.coordinator.take_retries());
         match result {
             Ok((outcome, next)) => {
@@ -434,10 +579,14 @@ impl TransactionalProducer {
                     }
                 }
                 inner.state = TxnState::Ready;
-                inner.settle.ended();
+                if !prepared.empty {
+                    self.settle.ended();
+                }
                 inner.error = None;
                 inner.partitions.clear();
                 inner.offsets_added = false;
+                inner.closing = None;
+                inner.prepared = None;
                 debug!(?outcome, "transaction ended");
                 Ok(outcome)
             }
@@ -445,7 +594,7 @@ impl TransactionalProducer {
                 let e = match e {
                     ClientError::PreparedTxnLost { .. }
                     | ClientError::CommitOutcomeUnknown { .. } => e,
-                    other => self.classify(other, inner),
+                    other => self.classify(other, prepared.producer_id, prepared.producer_epoch),
                 };
                 Err(inner.fail(e))
             }
@@ -454,20 +603,25 @@ impl TransactionalProducer {
 
     /// After an abort with failed batches: InitProducerId with the current id and epoch bumps
     /// the epoch without losing the producer id (KIP-360).
-    async fn bump_epoch(&self, inner: &mut Inner) -> Result<(), ClientError> {
+    async fn bump_epoch(&self) -> Result<(), ClientError> {
+        let (pid, epoch) = {
+            let inner = self.lock();
+            (inner.producer_id, inner.producer_epoch)
+        };
         let request = InitProducerIdRequest::default()
             .with_transactional_id(Some(TransactionalId(kstr(
                 self.config.transactional_id.clone(),
             ))))
             .with_transaction_timeout_ms(self.config.transaction_timeout_ms)
-            .with_producer_id(ProducerId(inner.producer_id))
-            .with_producer_epoch(inner.producer_epoch);
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch);
         match self
             .coordinator
             .call(&request, "InitProducerId", |r| r.error_code)
             .await
         {
             Ok((response, _)) => {
+                let mut inner = self.lock();
                 inner.producer_id = response.producer_id.0;
                 inner.producer_epoch = response.producer_epoch;
                 self.producer
@@ -475,8 +629,8 @@ impl TransactionalProducer {
                 Ok(())
             }
             Err(e) => {
-                let e = self.classify(e, inner);
-                Err(inner.fail(e))
+                let e = self.classify(e, pid, epoch);
+                Err(self.lock().fail(e))
             }
         }
     }
@@ -487,28 +641,29 @@ impl TransactionalProducer {
     /// # Cancel safety
     /// Cancel safe: flushing only waits.
     pub async fn flush(&self) -> Result<(), ClientError> {
-        let mut inner = self.inner.lock().await;
-        inner.expect("flush", &[TxnState::InTransaction])?;
+        let _op = self.op.lock().await;
+        self.lock().expect("flush", &[TxnState::InTransaction])?;
         if let Err(e) = self.producer.flush().await {
-            let e = self.flush_error(e, &inner);
-            return Err(inner.fail(e));
+            return Err(self.fail_flush(e));
         }
         Ok(())
     }
 
     /// A record failed during flush: fenced is fatal, anything else makes the transaction
-    /// abortable.
-    fn flush_error(&self, e: ClientError, inner: &Inner) -> ClientError {
-        match self.classify(e, inner) {
+    /// abortable. Records the failure and returns it.
+    fn fail_flush(&self, e: ClientError) -> ClientError {
+        let mut inner = self.lock();
+        let e = match self.classify(e, inner.producer_id, inner.producer_epoch) {
             fenced @ ClientError::Fenced { .. } => fenced,
             other => ClientError::TxnAbortable {
                 cause: Box::new(other),
             },
-        }
+        };
+        inner.fail(e)
     }
 
     /// Maps an error to the producer's view: fencing becomes [`ClientError::Fenced`].
-    fn classify(&self, e: ClientError, inner: &Inner) -> ClientError {
+    fn classify(&self, e: ClientError, producer_id: i64, producer_epoch: i16) -> ClientError {
         match e {
             ClientError::Broker { code, .. }
                 if code.code == codes::PRODUCER_FENCED
@@ -516,55 +671,13 @@ impl TransactionalProducer {
             {
                 ClientError::Fenced {
                     transactional_id: self.config.transactional_id.clone(),
-                    producer_id: inner.producer_id,
-                    producer_epoch: inner.producer_epoch,
+                    producer_id,
+                    producer_epoch,
                     code,
                 }
             }
             other => other,
         }
-    }
-}
-
-impl Inner {
-    fn expect(&self, operation: &'static str, allowed: &[TxnState]) -> Result<(), ClientError> {
-        if let (TxnState::FatalError, Some(e)) = (self.state, &self.error) {
-            return Err(ClientError::TxnFatal {
-                cause: Box::new(e.clone()),
-            });
-        }
-        if allowed.contains(&self.state) {
-            return Ok(());
-        }
-        if let (TxnState::AbortableError, Some(e)) = (self.state, &self.error) {
-            return Err(ClientError::TxnAbortable {
-                cause: Box::new(e.clone()),
-            });
-        }
-        Err(ClientError::InvalidTxnState {
-            operation,
-            state: self.state.name(),
-        })
-    }
-
-    /// Records an error and moves to the state its class calls for; returns the error.
-    fn fail(&mut self, e: ClientError) -> ClientError {
-        let fatal = matches!(
-            e,
-            ClientError::Fenced { .. }
-                | ClientError::CommitOutcomeUnknown { .. }
-                | ClientError::PreparedTxnLost { .. }
-                | ClientError::TxnFatal { .. }
-        ) || e.class() == Class::Fatal
-            && !matches!(e, ClientError::TxnAbortable { .. });
-        self.state = if fatal {
-            TxnState::FatalError
-        } else {
-            TxnState::AbortableError
-        };
-        warn!(error = %e, state = self.state.name(), "transaction failed");
-        self.error = Some(e.clone());
-        e
     }
 }
 

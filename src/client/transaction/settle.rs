@@ -1,28 +1,32 @@
 //! Waiting out the previous transaction's markers before the next transaction's first write.
 //!
 //! Why: the transaction coordinator answers EndTxn as soon as it has logged PrepareCommit (or
-//! PrepareAbort); it writes the commit markers to the partitions and moves to CompleteCommit
-//! afterwards (0.25–0.45 ms on a loopback single-node broker, more on a real cluster). A producer
-//! that starts its next transaction at once races those markers:
+//! PrepareAbort); it writes the markers to the partitions and moves to CompleteCommit afterwards
+//! (0.25–0.5 ms on an idle loopback single-node broker, several ms under load or across
+//! brokers). A producer that starts its next transaction at once races those markers:
 //! - under transactions version 2 (KIP-890) the partition leader verifies the first transactional
-//!   Produce with the coordinator, gets CONCURRENT_TRANSACTIONS, and parks the Produce for
-//!   `add.partitions.to.txn.retry.backoff.ms` (20 ms) before it retries;
-//! - under transactions version 1 our own AddPartitionsToTxn and (both versions) AddOffsetsToTxn
-//!   get CONCURRENT_TRANSACTIONS and back off for `concurrent_txn_backoff_ms` (20 ms).
+//!   Produce of each partition with the coordinator (AddPartitionsToTxn), gets
+//!   CONCURRENT_TRANSACTIONS, and parks the Produce for `add.partitions.to.txn.retry.backoff.ms`
+//!   (20 ms) before it retries;
+//! - under transactions version 1 our own AddPartitionsToTxn, and under both versions
+//!   AddOffsetsToTxn, get CONCURRENT_TRANSACTIONS and back off `concurrent_txn_backoff_ms` (20 ms).
 //!
-//! Either way one lost race costs 20 ms, and a transaction that takes 1–3 ms otherwise loses it
-//! most of the time. A fixed delay cannot cover the tail (the markers take longer under load), so
-//! the first write of a transaction that starts within `settle_window_ms` of the previous EndTxn
-//! answer asks the coordinator (DescribeTransactions, KIP-664) until it no longer reports
-//! `PrepareCommit`/`PrepareAbort`/`PrepareEpochFence`, for at most [`WAIT_MAX`] (the broker's own
+//! One lost race costs 20 ms, in a transaction that takes 1–3 ms otherwise; whether it is lost
+//! depends on scheduling, so it shows in the p50 on one machine and in the p99 on another, and
+//! no fixed delay covers the tail (the markers take longer under load). So the first write of a
+//! transaction that starts within `settle_window_ms` of the previous EndTxn answer asks the
+//! coordinator (DescribeTransactions, KIP-664) until it no longer reports PrepareCommit,
+//! PrepareAbort or PrepareEpochFence, for at most [`WAIT_MAX`] (the broker's own default
 //! `add.partitions.to.txn.retry.backoff.max.ms`). Later writes of the transaction, and a first
-//! write after the window, never ask.
+//! write after the window, never ask. The cost is the markers' own time (which a produce
+//! sent earlier waits for too, in the parked case) plus up to one round trip to the
+//! coordinator, and a handful of small requests.
 //!
 //! It is best effort and changes no guarantee: it only delays the first write. An error, an
 //! unsupported or unauthorized DescribeTransactions, or the bound ends the wait and the write
-//! goes ahead as before (the broker or our retry loop then handles CONCURRENT_TRANSACTIONS as
-//! without this module). The producer id and epoch are not looked at: if another producer fenced
-//! us meanwhile, the write itself reports it.
+//! goes ahead as it would have without this module (the broker or our retry loop then handles
+//! CONCURRENT_TRANSACTIONS). The producer id and epoch are not looked at: if another producer
+//! fenced us meanwhile, the write itself reports it.
 
 use std::time::Duration;
 
@@ -35,15 +39,19 @@ use crate::protocol::messages::kstr;
 use crate::protocol::messages::messages::{DescribeTransactionsRequest, TransactionalId};
 
 use super::coordinator::Coordinator;
+use super::CoordinatorState;
 
 /// The longest a first write waits for the previous transaction's markers: the broker's default
 /// `add.partitions.to.txn.retry.backoff.max.ms`, the longest it would park that write itself.
 pub(super) const WAIT_MAX: Duration = Duration::from_millis(100);
 
-/// Probes sent back to back (paced by their round trips, a fraction of a millisecond on a local
-/// network) before the wait falls back to a jittered backoff of 1–8 ms: markers usually land
-/// within the first one or two probes.
-const EAGER_PROBES: u32 = 3;
+/// For this long the probes go back to back, paced only by their round trips (0.1–0.3 ms on a
+/// local network), at most [`EAGER_PROBES_MAX`] of them; then the wait falls back to a jittered
+/// backoff of 1–4 ms. Why not sleep at once: the timer's resolution is 1 ms, so the shortest
+/// sleep (1–2 ms) costs more than the markers usually take (0.25–0.5 ms).
+const EAGER: Duration = Duration::from_millis(2);
+/// Bounds the back-to-back probes of [`EAGER`] (round trips can be shorter than expected).
+const EAGER_PROBES_MAX: u32 = 16;
 
 /// What a DescribeTransactions probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +64,24 @@ enum Probe {
     Unavailable,
 }
 
-/// The settle state of one transactional producer; lives under its lock.
-#[derive(Debug)]
-pub(super) struct Settle {
-    window: Duration,
+#[derive(Debug, Default)]
+struct State {
     /// When the last EndTxn was answered, until the next transaction's first write.
     ended_at: Option<Instant>,
     /// DescribeTransactions cannot be used with this coordinator (unsupported, unauthorized).
     unavailable: bool,
-    /// DescribeTransactions probes sent.
-    pub(super) probes: u64,
-    /// First writes that found the previous transaction still ending and waited.
-    pub(super) waits: u64,
+    probes: u64,
+    waits: u64,
+}
+
+/// The settle state of one transactional producer. Self-contained: its own short `std` lock
+/// (never held across an await) and an async lock so that concurrent first writes wait for one
+/// probe sequence instead of each sending their own.
+#[derive(Debug)]
+pub(super) struct Settle {
+    window: Duration,
+    state: std::sync::Mutex<State>,
+    probing: tokio::sync::Mutex<()>,
 }
 
 impl Settle {
@@ -75,33 +89,65 @@ impl Settle {
     pub(super) fn new(window_ms: u64) -> Self {
         Self {
             window: Duration::from_millis(window_ms),
-            ended_at: None,
-            unavailable: false,
-            probes: 0,
-            waits: 0,
+            state: std::sync::Mutex::new(State::default()),
+            probing: tokio::sync::Mutex::new(()),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// EndTxn was answered just now (commit or abort).
-    pub(super) fn ended(&mut self) {
-        self.ended_at = Some(Instant::now());
+    pub(super) fn ended(&self) {
+        self.lock().ended_at = Some(Instant::now());
+    }
+
+    /// DescribeTransactions probes sent, and first writes that found the previous transaction
+    /// still ending (and waited).
+    pub(super) fn counts(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.probes, s.waits)
     }
 
     /// Whether the next write must ask the coordinator first; forgets the end when it need not.
-    fn due(&mut self) -> bool {
-        let due = self.ended_at.is_some_and(|at| at.elapsed() < self.window) && !self.unavailable;
+    fn due(&self) -> bool {
+        let mut s = self.lock();
+        let due = !s.unavailable && s.ended_at.is_some_and(|at| at.elapsed() < self.window);
         if !due {
-            self.ended_at = None;
+            s.ended_at = None;
         }
         due
     }
 
-    /// Call before every write to the transaction (first produce, AddPartitionsToTxn,
-    /// AddOffsetsToTxn). Only the first write after an EndTxn within the window waits.
+    /// Counts a probe; `false` when the wait is over.
+    fn count(&self, found: Probe, first: bool) -> bool {
+        let mut s = self.lock();
+        s.probes += 1;
+        match found {
+            Probe::Ending => {
+                s.waits += u64::from(first);
+                true
+            }
+            Probe::Settled => false,
+            Probe::Unavailable => {
+                s.unavailable = true;
+                false
+            }
+        }
+    }
+
+    /// Call before every write to the transaction (a record, AddPartitionsToTxn,
+    /// AddOffsetsToTxn); only the first write after an EndTxn within the window waits.
     ///
     /// # Cancel safety
     /// Cancel safe: it only asks and sleeps; if dropped, the next write asks again.
-    pub(super) async fn before_write(&mut self, coordinator: &Coordinator) {
+    pub(super) async fn before_write(&self, coordinator: &Coordinator) {
+        if !self.due() {
+            return;
+        }
+        let _probing = self.probing.lock().await;
+        // Another write may have waited meanwhile.
         if !self.due() {
             return;
         }
@@ -109,40 +155,32 @@ impl Settle {
         let deadline = started + WAIT_MAX;
         let mut backoff = Backoff::new(BackoffConfig {
             backoff_initial_ms: 1,
-            backoff_max_ms: 8,
+            backoff_max_ms: 4,
             deadline_ms: WAIT_MAX.as_millis() as u64,
         });
         let mut probes = 0u32;
         loop {
-            let probe = tokio::time::timeout_at(deadline, probe(coordinator))
+            let found = tokio::time::timeout_at(deadline, probe(coordinator))
                 .await
                 .unwrap_or(Probe::Settled);
             probes += 1;
-            self.probes += 1;
-            match probe {
-                Probe::Ending => {}
-                Probe::Settled => break,
-                Probe::Unavailable => {
-                    self.unavailable = true;
-                    break;
-                }
+            if !self.count(found, probes == 1) {
+                break;
             }
-            if probes == 1 {
-                self.waits += 1;
-            }
-            if probes >= EAGER_PROBES && !backoff.wait().await {
+            let eager = probes < EAGER_PROBES_MAX && started.elapsed() < EAGER;
+            if !eager && !backoff.wait().await {
                 break;
             }
             if Instant::now() >= deadline {
                 break;
             }
         }
+        self.lock().ended_at = None;
         debug!(
             probes,
             waited_us = started.elapsed().as_micros() as u64,
-            "first write waited for the previous transaction's markers"
+            "first write of the transaction asked whether the previous one had ended"
         );
-        self.ended_at = None;
     }
 }
 
@@ -159,7 +197,9 @@ async fn probe(coordinator: &Coordinator) -> Probe {
         .with_transactional_ids(vec![TransactionalId(kstr(coordinator.key.clone()))]);
     match conn.request(&request).await {
         Ok(response) => match response.transaction_states.first() {
-            Some(s) if s.error_code == 0 => state_probe(s.transaction_state.as_str()),
+            Some(s) if s.error_code == 0 => {
+                state_probe(&CoordinatorState::parse(s.transaction_state.as_str()))
+            }
             // Not authorized (fatal per the error table) will not change: stop asking. Anything
             // else (coordinator moving or loading) only ends this wait.
             Some(s) if error_codes::lookup(s.error_code).class == Class::Fatal => {
@@ -171,13 +211,9 @@ async fn probe(coordinator: &Coordinator) -> Probe {
     }
 }
 
-/// The coordinator's state names (`TransactionState` in the broker): the `Prepare*` states are the
-/// ones whose markers are still being written.
-fn state_probe(state: &str) -> Probe {
-    if matches!(
-        state,
-        "PrepareCommit" | "PrepareAbort" | "PrepareEpochFence"
-    ) {
+/// The states whose markers are still being written.
+fn state_probe(state: &CoordinatorState) -> Probe {
+    if state.is_ending() || *state == CoordinatorState::PrepareEpochFence {
         Probe::Ending
     } else {
         Probe::Settled
@@ -191,7 +227,11 @@ mod tests {
     #[test]
     fn only_prepare_states_are_waited_for() {
         for s in ["PrepareCommit", "PrepareAbort", "PrepareEpochFence"] {
-            assert_eq!(state_probe(s), Probe::Ending, "{s}");
+            assert_eq!(
+                state_probe(&CoordinatorState::parse(s)),
+                Probe::Ending,
+                "{s}"
+            );
         }
         for s in [
             "Empty",
@@ -199,15 +239,19 @@ mod tests {
             "CompleteCommit",
             "CompleteAbort",
             "Dead",
-            "",
+            "SomethingNew",
         ] {
-            assert_eq!(state_probe(s), Probe::Settled, "{s}");
+            assert_eq!(
+                state_probe(&CoordinatorState::parse(s)),
+                Probe::Settled,
+                "{s}"
+            );
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn only_a_write_within_the_window_after_an_end_asks() {
-        let mut s = Settle::new(100);
+        let s = Settle::new(100);
         assert!(!s.due(), "no transaction ended yet");
         s.ended();
         tokio::time::advance(Duration::from_millis(99)).await;
@@ -216,12 +260,12 @@ mod tests {
         assert!(!s.due(), "the window is over");
         assert!(!s.due(), "and the end is forgotten");
 
-        let mut off = Settle::new(0);
+        let off = Settle::new(0);
         off.ended();
         assert!(!off.due(), "window 0 turns it off");
 
-        let mut unavailable = Settle::new(100);
-        unavailable.unavailable = true;
+        let unavailable = Settle::new(100);
+        unavailable.lock().unavailable = true;
         unavailable.ended();
         assert!(!unavailable.due());
     }

@@ -1,0 +1,298 @@
+//! The transactional producer against the scripted fake cluster: the paths a real broker cannot
+//! be made to take on demand (a lost EndTxn answer, an unexpected error code, a slow request at
+//! the wrong moment). Real time with short timeouts; every test is bounded by the coordinator
+//! deadline.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::{ApiKey, EndTxnResponse};
+
+use super::fake_cluster::{FakeCluster, Reply, RequestKind, ResponseKind};
+use super::{TransactionConfig, TransactionalProducer, TxnOutcome, TxnState};
+use crate::client::producer::ProducerRecord;
+use crate::client::{Client, ClientConfig, ClientError};
+
+async fn producer(fake: &FakeCluster) -> TransactionalProducer {
+    let mut config = ClientConfig::new(&fake.addr);
+    config.connection.request_timeout_ms = 500;
+    config.retry.deadline_ms = 2_000;
+    let client = Client::connect(config).await.expect("connect to the fake");
+    let mut txn = TransactionConfig::new("fake-txn");
+    txn.coordinator_deadline_ms = 1_500;
+    txn.producer.linger_ms = 0;
+    TransactionalProducer::init(client, txn)
+        .await
+        .expect("init against the fake")
+}
+
+fn record(value: &str) -> ProducerRecord {
+    ProducerRecord::new("t", value.to_owned()).with_partition(0)
+}
+
+async fn send(p: &TransactionalProducer, value: &str) {
+    let delivery = p.send(record(value)).await.expect("send");
+    delivery.await.expect("delivered");
+}
+
+/// Drops every EndTxn answer (after applying the request) while `armed`.
+fn lose_end_txn_answers(fake: &FakeCluster) -> Arc<AtomicBool> {
+    let armed = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&armed);
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::ApplyAndDrop
+        } else {
+            Reply::Default
+        }
+    });
+    armed
+}
+
+/// Finding 4: a commit whose answers were all lost, recovered through DescribeTransactions under
+/// transactions version 2, must continue on the epoch the coordinator reports; with the old
+/// epoch the next transaction is fenced.
+#[tokio::test]
+async fn commit_recovered_by_describe_takes_the_coordinators_epoch() {
+    let fake = FakeCluster::start(2).await;
+    let p = producer(&fake).await;
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    let armed = lose_end_txn_answers(&fake);
+    let outcome = p.commit().await.expect("commit");
+    assert!(matches!(
+        outcome,
+        TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
+    ));
+    armed.store(false, Ordering::SeqCst);
+    let epoch = fake.lock().producer_epoch;
+    assert_eq!(p.producer_id().await, (1000, epoch));
+    // The next transaction works.
+    p.begin().await.unwrap();
+    send(&p, "b").await;
+    assert_eq!(
+        p.commit().await.expect("second commit"),
+        TxnOutcome::Committed
+    );
+    assert_eq!(fake.lock().end_txns, vec![(0, true), (1, true)]);
+}
+
+/// Finding 5: EndTxn(commit) answered with an unexpected code may have committed; the producer
+/// must not let the transaction be aborted afterwards.
+#[tokio::test]
+async fn unexpected_end_txn_code_leaves_the_commit_unknown_and_refuses_abort() {
+    for code in [-1, 9999] {
+        let fake = FakeCluster::start(2).await;
+        let p = producer(&fake).await;
+        p.begin().await.unwrap();
+        send(&p, "a").await;
+        fake.on(ApiKey::EndTxn, move |_, _| {
+            Reply::Answer(ResponseKind::EndTxn(
+                EndTxnResponse::default().with_error_code(code),
+            ))
+        });
+        let err = p
+            .commit()
+            .await
+            .expect_err("commit answered with an odd code");
+        assert!(
+            matches!(err, ClientError::CommitOutcomeUnknown { .. }),
+            "code {code}: {err}"
+        );
+        let abort = p.abort().await.expect_err("abort after an unknown commit");
+        assert!(matches!(abort, ClientError::TxnFatal { .. }), "{abort}");
+        assert!(fake.lock().end_txns.is_empty(), "nothing was ended");
+    }
+}
+
+/// Finding 5: an EndTxn(commit) attempt that timed out may have been applied; a later attempt
+/// failing with another (non-retriable) code must not make the commit look refused.
+#[tokio::test]
+async fn timed_out_commit_then_other_error_stays_maybe_applied() {
+    let fake = FakeCluster::start(2).await;
+    let p = producer(&fake).await;
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    // First attempt: applied, answer lost. Second: TRANSACTION_ABORTABLE.
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => Reply::ApplyAndDrop,
+            _ => Reply::Answer(ResponseKind::EndTxn(
+                EndTxnResponse::default().with_error_code(120),
+            )),
+        }
+    });
+    // The coordinator shows the commit (one epoch later): it did commit.
+    let outcome = p.commit().await.expect("commit");
+    assert!(matches!(
+        outcome,
+        TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
+    ));
+    assert_eq!(fake.lock().end_txns, vec![(0, true)]);
+
+    // Same, but the first attempt was not applied: the coordinator still shows the transaction
+    // open, and nothing proves the commit did not happen: unknown, never aborted.
+    let fake = FakeCluster::start(2).await;
+    let p = producer(&fake).await;
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => Reply::DelayThenDefault(Duration::from_secs(5)),
+            _ => Reply::Answer(ResponseKind::EndTxn(
+                EndTxnResponse::default().with_error_code(120),
+            )),
+        }
+    });
+    let err = p.commit().await.expect_err("commit");
+    assert!(
+        matches!(err, ClientError::CommitOutcomeUnknown { .. }),
+        "{err}"
+    );
+    assert!(
+        p.abort().await.is_err(),
+        "abort after a maybe-applied commit"
+    );
+}
+
+/// Finding 5: a send that failed locally (nothing appended) must not leave its partition in a
+/// version-2 transaction: committing it must not send EndTxn for a transaction the coordinator
+/// never saw.
+#[tokio::test]
+async fn locally_failed_send_leaves_no_partition_behind() {
+    let fake = FakeCluster::start(2).await;
+    let mut config = ClientConfig::new(&fake.addr);
+    config.connection.request_timeout_ms = 500;
+    let client = Client::connect(config).await.unwrap();
+    let mut txn = TransactionConfig::new("fake-txn");
+    txn.coordinator_deadline_ms = 1_500;
+    txn.producer.request_bytes_max = 1024;
+    txn.producer.batch_bytes_max = 1024;
+    let p = TransactionalProducer::init(client, txn).await.unwrap();
+    p.begin().await.unwrap();
+    let err = p
+        .send(ProducerRecord::new("t", vec![0u8; 4096]).with_partition(1))
+        .await
+        .expect_err("record too large");
+    assert!(matches!(err, ClientError::RecordTooLarge { .. }), "{err}");
+    assert_eq!(p.commit().await.expect("commit"), TxnOutcome::Committed);
+    assert!(!fake.lock().requests.contains(&ApiKey::EndTxn));
+}
+
+/// Finding 3: a send that passed the state check before `commit` began but had not yet queued
+/// its record (here: waiting for the metadata of its topic) must end up in the committed
+/// transaction, never in the next one.
+#[tokio::test]
+async fn send_racing_commit_never_lands_in_the_next_transaction() {
+    let fake = FakeCluster::start(2).await;
+    let p = Arc::new(producer(&fake).await);
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    let slow_seen = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&slow_seen);
+    fake.on(ApiKey::Metadata, move |_, request| {
+        let RequestKind::Metadata(m) = request else {
+            return Reply::Default;
+        };
+        let slow = m
+            .topics
+            .iter()
+            .flatten()
+            .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "slow"));
+        if slow {
+            notify.notify_one();
+            Reply::DelayThenDefault(Duration::from_millis(250))
+        } else {
+            Reply::Default
+        }
+    });
+    let sender = Arc::clone(&p);
+    let racing = tokio::spawn(async move {
+        let delivery = sender
+            .send(ProducerRecord::new("slow", "b").with_partition(0))
+            .await?;
+        delivery.await
+    });
+    slow_seen.notified().await;
+    let committed = p.commit().await.expect("commit");
+    assert_eq!(committed, TxnOutcome::Committed);
+    let racing = racing.await.unwrap();
+    let s = fake.lock();
+    match racing {
+        // Acknowledged: it must have been part of the committed transaction.
+        Ok(_) => {
+            assert_eq!(s.txn_state, "CompleteCommit", "batches {:?}", s.batches);
+            assert!(
+                s.batches.iter().all(|b| b.2 == 0),
+                "every batch written with the committed epoch: {:?}",
+                s.batches
+            );
+        }
+        // Or refused clearly, and then never written.
+        Err(e) => {
+            assert!(s.batches.iter().all(|b| b.0 != "slow"), "{e}");
+        }
+    }
+}
+
+/// The state lock is not held across EndTxn: `state()` and `metrics()` answer while a commit
+/// waits for its coordinator, and a send in that window is refused at once, saying why.
+#[tokio::test]
+async fn state_metrics_and_send_do_not_wait_for_a_running_commit() {
+    let fake = FakeCluster::start(2).await;
+    let p = Arc::new(producer(&fake).await);
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    let end_txn_seen = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&end_txn_seen);
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        notify.notify_one();
+        Reply::DelayThenDefault(Duration::from_millis(300))
+    });
+    let committer = Arc::clone(&p);
+    let commit = tokio::spawn(async move { committer.commit().await });
+    end_txn_seen.notified().await;
+    // EndTxn is on its way: nothing below waits for it.
+    assert_eq!(p.state().await, TxnState::Committing);
+    assert_eq!(p.metrics().await.commits, 0);
+    let refused = p
+        .send(record("late"))
+        .await
+        .expect_err("send during commit");
+    assert_eq!(
+        refused.to_string(),
+        "cannot send in transaction state committing"
+    );
+    assert_eq!(commit.await.unwrap().unwrap(), TxnOutcome::Committed);
+    assert_eq!(p.state().await, TxnState::Ready);
+    assert_eq!(p.metrics().await.commits, 1);
+}
+
+/// Transactions version 1: concurrent first sends to one partition add it to the transaction
+/// once (AddPartitionsToTxn), and its records commit.
+#[tokio::test]
+async fn version_1_adds_a_partition_once_for_concurrent_sends() {
+    let fake = FakeCluster::start(1).await;
+    let p = producer(&fake).await;
+    assert_eq!(p.transaction_version(), 1);
+    p.begin().await.unwrap();
+    let (a, b) = tokio::join!(p.send(record("a")), p.send(record("b")));
+    let (a, b) = tokio::join!(a.unwrap(), b.unwrap());
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(p.commit().await.unwrap(), TxnOutcome::Committed);
+    let s = fake.lock();
+    let adds = s
+        .requests
+        .iter()
+        .filter(|k| **k == ApiKey::AddPartitionsToTxn)
+        .count();
+    assert_eq!(adds, 1);
+    assert_eq!(s.end_txns, vec![(0, true)]);
+    assert_eq!(s.txn_state, "CompleteCommit");
+}
