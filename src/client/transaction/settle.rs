@@ -222,7 +222,136 @@ fn state_probe(state: &CoordinatorState) -> Probe {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use kafka_protocol::messages::ApiKey;
+
+    use super::super::fake_cluster::{FakeCluster, Reply};
+    use super::super::{TransactionConfig, TransactionalProducer, TxnOutcome};
     use super::*;
+    use crate::client::producer::ProducerRecord;
+    use crate::client::{Client, ClientConfig};
+
+    /// A producer on the fake whose every transaction asks (a window far longer than the test).
+    async fn producer(fake: &FakeCluster) -> TransactionalProducer {
+        let mut config = ClientConfig::new(&fake.addr);
+        config.connection.request_timeout_ms = 500;
+        config.retry.deadline_ms = 2_000;
+        let client = Client::connect(config).await.expect("connect to the fake");
+        let mut txn = TransactionConfig::new("fake-settle");
+        txn.coordinator_deadline_ms = 1_500;
+        txn.producer.linger_ms = 0;
+        txn.settle_window_ms = 3_600_000;
+        TransactionalProducer::init(client, txn)
+            .await
+            .expect("init against the fake")
+    }
+
+    /// One transaction with one record, committed.
+    async fn transaction(p: &TransactionalProducer, value: &str) {
+        p.begin().await.unwrap();
+        let delivery = p
+            .send(ProducerRecord::new("t", value.to_owned()).with_partition(0))
+            .await
+            .unwrap();
+        assert_eq!(p.commit().await.unwrap(), TxnOutcome::Committed);
+        delivery.await.expect("delivered");
+    }
+
+    /// After each EndTxn the fake coordinator reports PrepareCommit to the next `probes`
+    /// DescribeTransactions (`u32::MAX`: for ever), as a coordinator still writing markers does.
+    fn markers_pending_for(fake: &FakeCluster, probes: u32) -> Arc<AtomicU32> {
+        let left = Arc::new(AtomicU32::new(0));
+        let on_end = Arc::clone(&left);
+        fake.on(ApiKey::EndTxn, move |_, _| {
+            on_end.store(probes, Ordering::SeqCst);
+            Reply::Default
+        });
+        let on_describe = Arc::clone(&left);
+        fake.on(ApiKey::DescribeTransactions, move |s, _| {
+            let ending = on_describe
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            s.txn_state = match (ending, s.txn_state) {
+                (true, _) => "PrepareCommit",
+                (false, "PrepareCommit") => "CompleteCommit",
+                (false, other) => other,
+            };
+            Reply::Default
+        });
+        left
+    }
+
+    /// The requests the fake received after the first EndTxn, up to the next one.
+    fn between_end_txns(fake: &FakeCluster) -> Vec<ApiKey> {
+        let requests = fake.lock().requests.clone();
+        let first = requests.iter().position(|k| *k == ApiKey::EndTxn).unwrap();
+        requests[first + 1..]
+            .iter()
+            .take_while(|k| **k != ApiKey::EndTxn)
+            .filter(|k| **k != ApiKey::Metadata)
+            .copied()
+            .collect()
+    }
+
+    /// Transactions version 2: the next transaction's first Produce leaves only once the
+    /// coordinator stopped reporting PrepareCommit (a real partition leader would park it).
+    #[tokio::test]
+    async fn first_produce_waits_until_the_markers_are_written() {
+        let fake = FakeCluster::start(2).await;
+        markers_pending_for(&fake, 3);
+        let p = producer(&fake).await;
+        transaction(&p, "a").await;
+        transaction(&p, "b").await;
+        use ApiKey::{DescribeTransactions as Describe, Produce};
+        assert_eq!(
+            between_end_txns(&fake),
+            [Describe, Describe, Describe, Describe, Produce],
+            "three probes see PrepareCommit, the fourth CompleteCommit, then the produce"
+        );
+        let m = p.metrics().await;
+        assert_eq!((m.settle_probes, m.settle_waits), (4, 1));
+        assert_eq!(fake.lock().batches.len(), 2);
+    }
+
+    /// Transactions version 1: AddPartitionsToTxn waits the same way (the coordinator would
+    /// answer CONCURRENT_TRANSACTIONS, and we would back off 20 ms).
+    #[tokio::test]
+    async fn version_1_add_partitions_waits_until_the_markers_are_written() {
+        let fake = FakeCluster::start(1).await;
+        markers_pending_for(&fake, 2);
+        let p = producer(&fake).await;
+        transaction(&p, "a").await;
+        transaction(&p, "b").await;
+        use ApiKey::{AddPartitionsToTxn as Add, DescribeTransactions as Describe, Produce};
+        assert_eq!(
+            between_end_txns(&fake),
+            [Describe, Describe, Describe, Add, Produce]
+        );
+    }
+
+    /// The wait is bounded and best effort: a coordinator that keeps reporting PrepareCommit
+    /// only delays the write, which then goes ahead and commits.
+    #[tokio::test]
+    async fn a_coordinator_that_never_settles_only_delays_the_write() {
+        let fake = FakeCluster::start(2).await;
+        markers_pending_for(&fake, u32::MAX);
+        let p = producer(&fake).await;
+        transaction(&p, "a").await;
+        transaction(&p, "b").await;
+        let after = between_end_txns(&fake);
+        assert_eq!(after.last(), Some(&ApiKey::Produce), "{after:?}");
+        assert!(
+            after[..after.len() - 1]
+                .iter()
+                .all(|k| *k == ApiKey::DescribeTransactions)
+                && after.len() > 2,
+            "{after:?}"
+        );
+        assert_eq!(fake.lock().batches.len(), 2);
+        assert_eq!(p.metrics().await.commits, 2);
+    }
 
     #[test]
     fn only_prepare_states_are_waited_for() {
