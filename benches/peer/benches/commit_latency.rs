@@ -63,6 +63,8 @@ struct Peers {
     exactly: Option<TransactionalProducer>,
     java: Option<JavaPeer>,
     rdkafka: Option<FutureProducer>,
+    /// Java transactions that failed (excluded from the figures).
+    java_failed: usize,
 }
 
 impl Peers {
@@ -91,7 +93,11 @@ impl Peers {
                     v
                 })
             }
-            "java" => self.java.as_mut().expect("java").run(n, p, count),
+            "java" => {
+                let (v, failed) = self.java.as_mut().expect("java").run(n, p, count);
+                self.java_failed += failed;
+                v
+            }
             "rdkafka" => {
                 let theirs = self.rdkafka.as_ref().expect("rdkafka");
                 let mut v = Vec::with_capacity(count);
@@ -180,6 +186,7 @@ fn main() {
         exactly,
         java,
         rdkafka,
+        java_failed: 0,
     };
 
     let rounds = txns.div_ceil(round);
@@ -239,6 +246,13 @@ fn main() {
             );
         }
         println!("  {load}");
+    }
+
+    if all.java_failed > 0 {
+        println!(
+            "java: {} transactions failed (the Java client's error is on stderr; a new producer was initialized) and are not in the figures",
+            all.java_failed
+        );
     }
 
     // Client-side overhead: commit() of an already flushed transaction versus the EndTxn

@@ -6,8 +6,9 @@
 // Usage: java -cp <classes>:<kafka libs> CommitLatency BOOTSTRAP TRANSACTIONAL_ID TOPIC
 // Prints "ready" once initTransactions() returned. Then, per stdin line "N P COUNT", runs COUNT
 // back-to-back transactions (beginTransaction -> N records of 100 bytes to partitions i % P ->
-// commitTransaction) and prints one line with each transaction's latency in nanoseconds. A line
-// "quit" or end of input closes the producer.
+// commitTransaction) and prints one line with each transaction's latency in nanoseconds, or -1 for
+// a transaction that failed (the error goes to stderr; the producer is closed and a new one
+// initialized, as an application would). A line "quit" or end of input closes the producer.
 
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
@@ -17,6 +18,7 @@ import java.util.Properties;
 
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.KafkaException;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
 
 public final class CommitLatency {
@@ -38,8 +40,8 @@ public final class CommitLatency {
         byte[] value = new byte[100];
         Arrays.fill(value, (byte) 'z');
 
-        try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props)) {
-            producer.initTransactions();
+        KafkaProducer<byte[], byte[]> producer = start(props);
+        try {
             System.out.println("ready");
             System.out.flush();
             BufferedReader in =
@@ -56,12 +58,20 @@ public final class CommitLatency {
                 StringBuilder out = new StringBuilder(count * 9);
                 for (int c = 0; c < count; c++) {
                     long start = System.nanoTime();
-                    producer.beginTransaction();
-                    for (int i = 0; i < n; i++) {
-                        producer.send(new ProducerRecord<>(topic, i % p, null, value));
+                    long nanos;
+                    try {
+                        producer.beginTransaction();
+                        for (int i = 0; i < n; i++) {
+                            producer.send(new ProducerRecord<>(topic, i % p, null, value));
+                        }
+                        producer.commitTransaction();
+                        nanos = System.nanoTime() - start;
+                    } catch (KafkaException e) {
+                        System.err.println("CommitLatency: transaction failed, new producer: " + e);
+                        producer.close();
+                        producer = start(props);
+                        nanos = -1;
                     }
-                    producer.commitTransaction();
-                    long nanos = System.nanoTime() - start;
                     if (c > 0) {
                         out.append(' ');
                     }
@@ -70,6 +80,14 @@ public final class CommitLatency {
                 System.out.println(out);
                 System.out.flush();
             }
+        } finally {
+            producer.close();
         }
+    }
+
+    private static KafkaProducer<byte[], byte[]> start(Properties props) {
+        KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props);
+        producer.initTransactions();
+        return producer;
     }
 }

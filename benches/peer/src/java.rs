@@ -100,8 +100,10 @@ impl JavaPeer {
     }
 
     /// Runs `count` back-to-back transactions of `n` records over `p` partitions; returns each
-    /// transaction's latency as measured inside the JVM.
-    pub fn run(&mut self, n: usize, p: i32, count: usize) -> Vec<Duration> {
+    /// successful transaction's latency as measured inside the JVM, and how many failed (the
+    /// Java client gave up on them; its error is on stderr, and the program went on with a new
+    /// producer).
+    pub fn run(&mut self, n: usize, p: i32, count: usize) -> (Vec<Duration>, usize) {
         writeln!(self.stdin, "{n} {p} {count}").expect("write to the Java peer");
         self.stdin.flush().expect("flush to the Java peer");
         let mut line = String::new();
@@ -110,12 +112,18 @@ impl JavaPeer {
             .read_line(&mut line)
             .expect("read from the Java peer");
         assert!(read > 0, "the Java peer exited (see its stderr above)");
-        let v: Vec<Duration> = line
+        let nanos: Vec<i64> = line
             .split_whitespace()
-            .map(|s| Duration::from_nanos(s.parse().expect("a latency in ns")))
+            .map(|s| s.parse().expect("a latency in ns"))
             .collect();
-        assert_eq!(v.len(), count, "the Java peer answered {line:?}");
-        v
+        assert_eq!(nanos.len(), count, "the Java peer answered {line:?}");
+        let v: Vec<Duration> = nanos
+            .iter()
+            .filter(|ns| **ns >= 0)
+            .map(|ns| Duration::from_nanos(*ns as u64))
+            .collect();
+        let failed = count - v.len();
+        (v, failed)
     }
 }
 
