@@ -189,6 +189,13 @@ async fn locally_failed_send_leaves_no_partition_behind() {
 /// transaction, never in the next one.
 #[tokio::test]
 async fn send_racing_commit_never_lands_in_the_next_transaction() {
+    for prepare_first in [false, true] {
+        send_racing_end(prepare_first).await;
+    }
+}
+
+/// One run of the race above, ending with `commit` or with `prepare` then `commit`.
+async fn send_racing_end(prepare_first: bool) {
     let fake = FakeCluster::start(2).await;
     let p = Arc::new(producer(&fake).await);
     p.begin().await.unwrap();
@@ -219,6 +226,22 @@ async fn send_racing_commit_never_lands_in_the_next_transaction() {
         delivery.await
     });
     slow_seen.notified().await;
+    if prepare_first {
+        let prepared = p.prepare().await.expect("prepare");
+        assert_eq!(prepared.producer_epoch, 0);
+        // Whatever the racing send did is decided by now: it is in the prepared transaction
+        // (acknowledged) or was refused; nothing waits for the commit.
+        let racing = racing.await.unwrap();
+        assert!(
+            racing.is_ok() || fake.lock().batches.iter().all(|b| b.0 != "slow"),
+            "{racing:?}"
+        );
+        assert_eq!(p.commit().await.expect("commit"), TxnOutcome::Committed);
+        let s = fake.lock();
+        assert_eq!(s.txn_state, "CompleteCommit");
+        assert!(s.batches.iter().all(|b| b.2 == 0), "{:?}", s.batches);
+        return;
+    }
     let committed = p.commit().await.expect("commit");
     assert_eq!(committed, TxnOutcome::Committed);
     let racing = racing.await.unwrap();
@@ -295,4 +318,54 @@ async fn version_1_adds_a_partition_once_for_concurrent_sends() {
     assert_eq!(adds, 1);
     assert_eq!(s.end_txns, vec![(0, true)]);
     assert_eq!(s.txn_state, "CompleteCommit");
+}
+
+/// Cancel safety of `commit`: dropped while EndTxn is on its way, the producer stays in
+/// Committing (sends refused, no abort possible), and calling `commit` again finishes the same
+/// transaction and continues on the new epoch.
+#[tokio::test]
+async fn commit_cancelled_during_end_txn_is_finished_by_calling_it_again() {
+    let fake = FakeCluster::start(2).await;
+    let p = producer(&fake).await;
+    p.begin().await.unwrap();
+    send(&p, "a").await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    let end_txn_seen = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&end_txn_seen);
+    fake.on(ApiKey::EndTxn, move |_, _| {
+        notify.notify_one();
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::DelayThenDefault(Duration::from_millis(300))
+        } else {
+            Reply::Default
+        }
+    });
+    // Drop the commit once its EndTxn has reached the coordinator (its answer is delayed).
+    tokio::select! {
+        result = p.commit() => panic!("the first commit was still waiting: {result:?}"),
+        () = end_txn_seen.notified() => {}
+    }
+    assert_eq!(p.state().await, TxnState::Committing);
+    assert!(p.send(record("late")).await.is_err());
+    let abort = p
+        .abort()
+        .await
+        .expect_err("no abort once EndTxn(commit) may be out");
+    assert_eq!(
+        abort.to_string(),
+        "cannot abort in transaction state committing"
+    );
+    let outcome = p.commit().await.expect("commit again");
+    assert!(matches!(
+        outcome,
+        TxnOutcome::Committed | TxnOutcome::AlreadyCommitted
+    ));
+    assert_eq!(p.producer_id().await, (1000, 1));
+    p.begin().await.unwrap();
+    send(&p, "b").await;
+    p.commit().await.expect("next transaction");
+    let s = fake.lock();
+    assert_eq!(s.end_txns, vec![(0, true), (1, true)]);
+    assert!(s.batches.iter().all(|b| b.0 != "late"));
 }

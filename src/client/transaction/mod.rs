@@ -13,17 +13,34 @@
 //! sequences over.
 //!
 //! Rules this module keeps:
-//! - error codes are classified by the one table in [`crate::protocol::error_codes`];
-//! - a commit whose answer never came is **never** followed by an abort: the producer re-sends
-//!   EndTxn(commit) (idempotent on the coordinator) until its deadline, and if the outcome is
-//!   still unknown it says so ([`ClientError::CommitOutcomeUnknown`](crate::client::ClientError::CommitOutcomeUnknown)) and refuses to abort;
+//! - error codes are classified by the one table in [`crate::protocol::error_codes`]; an
+//!   answer to EndTxn(commit) outside the codes EndTxn is documented to return is read through
+//!   [`crate::protocol::error_codes::end_txn_commit`] as an unknown outcome;
+//! - a commit whose answer never came (or came with an unexpected code, or a refusal after an
+//!   attempt that timed out) is **never** followed by an abort: the producer re-sends
+//!   EndTxn(commit) (idempotent on the coordinator) until its deadline, asks the coordinator
+//!   (DescribeTransactions) and continues on the epoch it reports, and if the outcome is still
+//!   unknown it says so ([`ClientError::CommitOutcomeUnknown`](crate::client::ClientError::CommitOutcomeUnknown))
+//!   and refuses to abort;
+//! - no record joins a transaction after its commit, prepare or abort began, and EndTxn is sent
+//!   only after every record queued before it is acknowledged;
 //! - a prepared transaction ([`PreparedTxn`]) can be committed or aborted by a new process with
 //!   [`commit_prepared`]/[`abort_prepared`], which send EndTxn with the stored id and epoch and
 //!   never call InitProducerId (which would abort it). Flink does the same by reflection.
 //!
-//! Layout: `producer` holds the [`TransactionalProducer`] state machine, `coordinator` the
-//! coordinator lookup and retried call loop (DescribeTransactions, EndTxn, the broker-config
-//! check), `prepared` the EndTxn outcome logic and [`commit_prepared`]/[`abort_prepared`].
+//! The two-phase-commit sink (the runtime's) keeps a pool of producers, one transactional id
+//! each: at a checkpoint the current producer `prepare`s and holds its prepared transaction
+//! while the next transaction opens on another producer of the pool; when the checkpoint
+//! completes, the holder commits it itself (`commit`, or `abort` if the checkpoint failed) and
+//! is back in Ready, on the epoch the coordinator gave, for reuse. After a restart,
+//! [`TransactionalProducer::recover`] finishes the prepared transaction stored in the last
+//! checkpoint and only then initializes.
+//!
+//! Layout: `producer` holds the [`TransactionalProducer`] state machine and `state` its state
+//! record and transitions, `coordinator` the coordinator lookup and retried call loop
+//! (DescribeTransactions, EndTxn, the broker-config check), `prepared` the EndTxn outcome logic
+//! and [`commit_prepared`]/[`abort_prepared`]. `fake_cluster` (tests only) is a scripted
+//! one-node cluster for the paths a real broker cannot be made to take.
 
 mod coordinator;
 mod prepared;

@@ -80,7 +80,10 @@ impl Inner {
                 | ClientError::PreparedTxnLost { .. }
                 | ClientError::TxnFatal { .. }
         ) || e.class() == Class::Fatal
-            && !matches!(e, ClientError::TxnAbortable { .. });
+            && !matches!(e, ClientError::TxnAbortable { .. })
+            // A retry refused fatally (fenced, not authorized) after an attempt that may have
+            // been applied: the outcome is unknown, and the producer cannot go on either.
+            || matches!(&e, ClientError::OutcomeUnknown { last, .. } if last.class() == Class::Fatal);
         self.state = if fatal {
             TxnState::FatalError
         } else {
@@ -90,5 +93,62 @@ impl Inner {
         warn!(error = %e, state = self.state.name(), "transaction failed");
         self.error = Some(e.clone());
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_lead_to_the_state_their_class_calls_for() {
+        let fenced = ClientError::broker(
+            "EndTxn",
+            crate::protocol::error_codes::codes::PRODUCER_FENCED,
+        );
+        let timeout = ClientError::broker(
+            "EndTxn",
+            crate::protocol::error_codes::codes::REQUEST_TIMED_OUT,
+        );
+        let abortable = ClientError::broker(
+            "EndTxn",
+            crate::protocol::error_codes::codes::TRANSACTION_ABORTABLE,
+        );
+        let cases = [
+            (fenced.clone(), TxnState::FatalError),
+            (abortable.clone(), TxnState::AbortableError),
+            (
+                ClientError::OutcomeUnknown {
+                    what: "AddPartitionsToTxn",
+                    maybe_applied: Box::new(timeout.clone()),
+                    last: Box::new(fenced),
+                },
+                TxnState::FatalError,
+            ),
+            (
+                ClientError::OutcomeUnknown {
+                    what: "AddPartitionsToTxn",
+                    maybe_applied: Box::new(timeout),
+                    last: Box::new(abortable),
+                },
+                TxnState::AbortableError,
+            ),
+        ];
+        for (error, state) in cases {
+            let mut inner = Inner::new(1, 0);
+            inner.state = TxnState::InTransaction;
+            let returned = inner.fail(error.clone());
+            assert_eq!(returned, error);
+            assert_eq!(inner.state, state, "{error}");
+            let refused = inner
+                .expect("send", &[TxnState::InTransaction])
+                .unwrap_err();
+            let expected = if state == TxnState::FatalError {
+                "transactional producer stopped after a fatal error: "
+            } else {
+                "transaction must be aborted: "
+            };
+            assert_eq!(refused.to_string(), format!("{expected}{error}"));
+        }
     }
 }
