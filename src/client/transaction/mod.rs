@@ -39,8 +39,9 @@
 //! Layout: `producer` holds the [`TransactionalProducer`] state machine and `state` its state
 //! record and transitions, `coordinator` the coordinator lookup and retried call loop
 //! (DescribeTransactions, EndTxn, the broker-config check), `prepared` the EndTxn outcome logic
-//! and [`commit_prepared`]/[`abort_prepared`]. `fake_cluster` (tests only) is a scripted
-//! one-node cluster for the paths a real broker cannot be made to take.
+//! and [`commit_prepared`]/[`abort_prepared`], `settle` the wait of a transaction's first write
+//! for the previous transaction's markers (a lost race costs 20 ms). `fake_cluster` (tests only)
+//! is a scripted one-node cluster for the paths a real broker cannot be made to take.
 
 mod coordinator;
 mod prepared;
