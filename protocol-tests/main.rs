@@ -7,6 +7,7 @@
 mod common;
 
 mod admin;
+mod back_to_back;
 mod compacted;
 mod fault_proxy;
 mod faults;
@@ -18,4 +19,5 @@ mod reader;
 mod transactions;
 mod transactions_java;
 mod txn_lifecycle;
+mod txn_settle;
 mod versions;

@@ -3,6 +3,8 @@
 //! and restores 2 when it ends (even on failure). Its own test binary, because it changes the
 //! shared broker: cargo runs test binaries one after another.
 
+#[path = "back_to_back.rs"]
+mod back_to_back;
 #[path = "common.rs"]
 #[allow(dead_code)]
 mod common;
@@ -221,4 +223,8 @@ async fn transactions_version_1() {
         matches!(err, ClientError::Fenced { .. }),
         "expected fencing, got {err}"
     );
+
+    // Back-to-back transactions: the first AddPartitionsToTxn / AddOffsetsToTxn of each waits
+    // for the previous transaction's markers.
+    back_to_back::back_to_back_transactions(&client, "tv1-settle").await;
 }

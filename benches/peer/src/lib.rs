@@ -1,5 +1,7 @@
 //! Shared setup for the peer benchmarks: the broker address and topic helpers.
 
+pub mod java;
+
 use std::process::Command;
 
 /// The broker: `EXACTLY_TEST_BROKERS`, or the project's own broker started with `scripts/kafka up`.

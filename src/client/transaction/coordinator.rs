@@ -133,7 +133,7 @@ pub(super) async fn check_timeout(
 /// Finds and talks to a coordinator (transaction or group), retrying per the error table.
 pub(super) struct Coordinator {
     client: Client,
-    key: String,
+    pub(super) key: String,
     key_type: i8,
     deadline_ms: u64,
     concurrent_backoff_ms: u64,

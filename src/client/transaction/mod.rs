@@ -41,13 +41,15 @@
 //! Layout: `producer` holds the [`TransactionalProducer`] state machine and `state` its state
 //! record and transitions, `coordinator` the coordinator lookup and retried call loop
 //! (DescribeTransactions, EndTxn, the broker-config check), `prepared` the EndTxn outcome logic
-//! and [`commit_prepared`]/[`abort_prepared`]. `fake_cluster` (tests only) is a scripted
-//! one-node cluster for the paths a real broker cannot be made to take.
+//! and [`commit_prepared`]/[`abort_prepared`], `settle` the wait of a transaction's first write
+//! for the previous transaction's markers (a lost race costs 20 ms). `fake_cluster` (tests only)
+//! is a scripted one-node cluster for the paths a real broker cannot be made to take.
 
 mod coordinator;
 mod marker;
 mod prepared;
 mod producer;
+mod settle;
 mod state;
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,11 @@ pub struct TransactionConfig {
     pub coordinator_deadline_ms: u64,
     /// Backoff after CONCURRENT_TRANSACTIONS (the previous transaction is still completing).
     pub concurrent_txn_backoff_ms: u64,
+    /// The first write of a transaction that starts within this long of the previous EndTxn
+    /// answer first waits (best effort, at most 100 ms) until the coordinator has written the
+    /// previous transaction's markers, instead of racing them and losing 20 ms to
+    /// CONCURRENT_TRANSACTIONS (see `settle.rs`). 0 turns the wait off.
+    pub settle_window_ms: u64,
 }
 
 impl TransactionConfig {
@@ -84,6 +91,7 @@ impl TransactionConfig {
             producer: ProducerConfig::default(),
             coordinator_deadline_ms: 30_000,
             concurrent_txn_backoff_ms: 20,
+            settle_window_ms: 100,
         }
     }
 }
@@ -208,6 +216,12 @@ pub struct TxnMetrics {
     pub retries: u64,
     /// Commit latencies (EndTxn round trips including retries), in µs, most recent 1024.
     pub commit_latency_us: Vec<u64>,
+    /// DescribeTransactions probes sent before a transaction's first write, to wait out the
+    /// previous transaction's markers (`settle_window_ms`).
+    pub settle_probes: u64,
+    /// First writes that found the previous transaction's markers still being written, and
+    /// waited for them.
+    pub settle_waits: u64,
 }
 
 /// Consumer-group metadata sent with offsets (KIP-447 fencing of zombie consumers).

@@ -28,6 +28,7 @@ use crate::protocol::messages::messages::{
 
 use super::coordinator::{check_timeout, transaction_version, Coordinator};
 use super::prepared::end_txn;
+use super::settle::Settle;
 use super::state::Inner;
 use super::{
     GroupMetadata, PreparedPartition, PreparedTxn, TransactionConfig, TxnMetrics, TxnOutcome,
@@ -65,6 +66,8 @@ pub struct TransactionalProducer {
     adding: Mutex<()>,
     /// Signalled when `sends_in_flight` drops to zero.
     sends_idle: Notify,
+    /// Waits out the previous transaction's markers before the next one's first write.
+    settle: Settle,
 }
 
 impl std::fmt::Debug for TransactionalProducer {
@@ -146,6 +149,7 @@ impl TransactionalProducer {
                 op: Mutex::new(()),
                 adding: Mutex::new(()),
                 sends_idle: Notify::new(),
+                settle: Settle::new(config.settle_window_ms),
                 config,
             })
         }
@@ -211,7 +215,12 @@ impl TransactionalProducer {
 
     /// Counters and commit latencies so far. Never waits.
     pub async fn metrics(&self) -> TxnMetrics {
-        self.lock().metrics.clone()
+        let (settle_probes, settle_waits) = self.settle.counts();
+        TxnMetrics {
+            settle_probes,
+            settle_waits,
+            ..self.lock().metrics.clone()
+        }
     }
 
     /// Opens a transaction.
@@ -265,6 +274,7 @@ impl TransactionalProducer {
             None => self.producer.partition_for(&record).await?,
         };
         let tp = (record.topic.clone(), partition);
+        self.settle.before_write(&self.coordinator).await;
         if self.transaction_version < 2 {
             self.add_partition(&tp, pid, epoch).await?;
         }
@@ -337,6 +347,7 @@ impl TransactionalProducer {
     ) -> Result<(), ClientError> {
         let _op = self.op.lock().await;
         let (pid, epoch) = self.open_check("send_offsets")?;
+        self.settle.before_write(&self.coordinator).await;
         let txn_id = TransactionalId(kstr(self.config.transactional_id.clone()));
         let add = AddOffsetsToTxnRequest::default()
             .with_transactional_id(txn_id.clone())
@@ -589,6 +600,9 @@ impl TransactionalProducer {
                     }
                 }
                 inner.state = TxnState::Ready;
+                if !prepared.empty {
+                    self.settle.ended();
+                }
                 inner.error = None;
                 inner.partitions.clear();
                 inner.offsets_added = false;
