@@ -61,9 +61,15 @@ async fn create_list_describe_delete() {
     assert!(err.to_string().contains("TOPIC_ALREADY_EXISTS"), "{err}");
 
     admin.delete_topics(&[&topic]).await.expect("delete");
-    // Deletion propagates asynchronously; metadata must stop listing the topic.
+    // Deletion propagates asynchronously; metadata must stop listing the topic. `topic()` answers
+    // from the cache, so each look asks the broker again (a refresh that still listed the topic
+    // would otherwise be cached for good: seen failing on a loaded machine).
     let mut gone = false;
-    for _ in 0..50 {
+    for _ in 0..300 {
+        client
+            .refresh_metadata(std::slice::from_ref(&topic))
+            .await
+            .expect("refresh metadata");
         if matches!(
             client.topic(&topic).await,
             Err(ClientError::UnknownTopic { .. })
