@@ -272,7 +272,29 @@ impl ClientError {
                 Class::Retriable => Class::Abortable,
                 other => other,
             },
-            _ => Class::Fatal,
+            // No wildcard: a new variant must be given its class here, on purpose.
+            // Framing lost, no common version, an ApiVersions refusal: retrying cannot help.
+            Self::Connection(_) => Class::Fatal,
+            // The caller named something that does not exist, or asked for an impossible offset.
+            Self::UnknownTopic { .. }
+            | Self::UnknownPartition { .. }
+            | Self::OffsetOutOfRange { .. } => Class::Fatal,
+            // Bytes that cannot be trusted or built: the same bytes fail the same way again.
+            Self::CorruptData { .. }
+            | Self::ResponseDecompressedTooLarge { .. }
+            | Self::Encode(_)
+            | Self::RecordTooLarge { .. } => Class::Fatal,
+            // The producer or transaction can no longer be used as it is.
+            Self::ProducerClosed { .. }
+            | Self::Fenced { .. }
+            | Self::InvalidTxnState { .. }
+            | Self::TxnFatal { .. } => Class::Fatal,
+            Self::TxnAbortable { .. } => Class::Abortable,
+            // Already the verdict on a transaction's outcome or a configuration: nothing to retry.
+            Self::CommitOutcomeUnknown { .. } => Class::UnknownOutcome,
+            Self::PreparedTxnLost { .. }
+            | Self::TransactionTimeoutTooLarge { .. }
+            | Self::Config { .. } => Class::Fatal,
         }
     }
 

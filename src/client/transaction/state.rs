@@ -73,17 +73,19 @@ impl Inner {
 
     /// Records an error and moves to the state its class calls for; returns the error.
     pub(super) fn fail(&mut self, e: ClientError) -> ClientError {
-        let fatal = matches!(
-            e,
-            ClientError::Fenced { .. }
-                | ClientError::CommitOutcomeUnknown { .. }
-                | ClientError::PreparedTxnLost { .. }
-                | ClientError::TxnFatal { .. }
-        ) || e.class() == Class::Fatal
-            && !matches!(e, ClientError::TxnAbortable { .. })
-            // A retry refused fatally (fenced, not authorized) after an attempt that may have
-            // been applied: the outcome is unknown, and the producer cannot go on either.
-            || matches!(&e, ClientError::OutcomeUnknown { last, .. } if last.class() == Class::Fatal);
+        // One classification (`ClientError::class`, from the error-code table for broker codes);
+        // the only addition here is what an unknown commit outcome means for the producer: it
+        // may neither abort nor go on.
+        let fatal = match e.class() {
+            Class::Fatal => true,
+            Class::UnknownOutcome => {
+                matches!(e, ClientError::CommitOutcomeUnknown { .. })
+                    // A retry refused fatally (fenced, not authorized) after an attempt that may
+                    // have been applied: the outcome is unknown, and the producer cannot go on.
+                    || matches!(&e, ClientError::OutcomeUnknown { last, .. } if last.class() == Class::Fatal)
+            }
+            Class::None | Class::Retriable | Class::Abortable => false,
+        };
         self.state = if fatal {
             TxnState::FatalError
         } else {
