@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::protocol::error_codes::codes;
+use crate::protocol::record_batch::decode_batches;
 
 const LEADER: i32 = 1;
 
