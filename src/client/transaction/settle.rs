@@ -186,8 +186,8 @@ impl Settle {
     }
 }
 
-/// One DescribeTransactions round trip to the (cached) coordinator, no retries: a failure is
-/// taken as "go ahead".
+/// One DescribeTransactions round trip to the (cached) coordinator, no retries (a coordinator
+/// not cached is looked up until `deadline`, the wait's own): a failure is taken as "go ahead".
 async fn probe(coordinator: &Coordinator, deadline: Instant) -> Probe {
     let Ok((_, conn)) = coordinator.connection_by(Deadline::at(deadline)).await else {
         return Probe::Settled;
