@@ -34,6 +34,11 @@ impl Deadline {
         Self(Instant::now() + Duration::from_millis(ms))
     }
 
+    /// At `instant`.
+    pub fn at(instant: Instant) -> Self {
+        Self(instant)
+    }
+
     /// The earlier of this deadline and `ms` milliseconds from now: the budget of a nested call.
     pub fn within(self, ms: u64) -> Self {
         self.min(Self::after_ms(ms))
@@ -62,6 +67,10 @@ pub struct RetryAfter<E> {
     pub error: E,
     /// How long the broker asked us to hold off (`throttle_time_ms`), 0 when it did not.
     pub throttle_ms: u64,
+    /// A delay the error itself prescribes, used instead of the next backoff step (which then
+    /// does not grow): e.g. CONCURRENT_TRANSACTIONS, retried after the configured short pause
+    /// rather than an exponential backoff; 0 retries at once. `None`: the backoff.
+    pub instead_of_backoff_ms: Option<u64>,
 }
 
 impl<E> RetryAfter<E> {
@@ -70,6 +79,17 @@ impl<E> RetryAfter<E> {
         Self {
             error,
             throttle_ms: 0,
+            instead_of_backoff_ms: None,
+        }
+    }
+
+    /// A retriable failure retried after exactly `delay_ms` (unless throttled for longer),
+    /// not after the backoff.
+    pub fn after_ms(error: E, delay_ms: u64) -> Self {
+        Self {
+            error,
+            throttle_ms: 0,
+            instead_of_backoff_ms: Some(delay_ms),
         }
     }
 }
@@ -86,7 +106,8 @@ pub struct Exhausted<E> {
 /// Runs `op` until it breaks or `deadline` passes, sleeping a jittered exponential backoff
 /// (bounded by `policy.backoff_initial_ms`/`backoff_max_ms`; `policy.deadline_ms` is ignored:
 /// the caller's absolute `deadline` rules) or the broker's throttle time, whichever is longer,
-/// between attempts. `op` gets the attempt number (0 first).
+/// between attempts (or the delay an attempt prescribes, [`RetryAfter::instead_of_backoff_ms`];
+/// a zero delay does not sleep at all). `op` gets the attempt number (0 first).
 ///
 /// The first attempt always runs, even when the deadline has passed, so that an operation with
 /// a spent budget still reports a real error rather than a bare timeout.
@@ -103,13 +124,22 @@ where
     Fut: Future<Output = ControlFlow<T, RetryAfter<E>>>,
 {
     let mut attempt: u32 = 0;
+    // Backoff steps taken: a prescribed delay does not grow the backoff.
+    let mut steps: u32 = 0;
     loop {
         let after = match op(attempt).await {
             ControlFlow::Break(value) => return Ok(value),
             ControlFlow::Continue(after) => after,
         };
         attempt = attempt.saturating_add(1);
-        let delay = backoff_delay(policy, attempt).max(Duration::from_millis(after.throttle_ms));
+        let paced = match after.instead_of_backoff_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                steps = steps.saturating_add(1);
+                backoff_delay(policy, steps)
+            }
+        };
+        let delay = paced.max(Duration::from_millis(after.throttle_ms));
         let remaining = deadline.remaining();
         if remaining.is_zero() || delay >= remaining {
             return Err(Exhausted {
@@ -117,7 +147,10 @@ where
                 attempts: attempt,
             });
         }
-        tokio::time::sleep(delay).await;
+        // A zero sleep may still wait for the timer's next tick (1 ms).
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
@@ -206,6 +239,7 @@ mod tests {
                     ControlFlow::Continue(RetryAfter {
                         error: "throttled",
                         throttle_ms: 700,
+                        instead_of_backoff_ms: None,
                     })
                 } else {
                     ControlFlow::Break(())
@@ -225,11 +259,35 @@ mod tests {
                 ControlFlow::Continue(RetryAfter {
                     error: "throttled",
                     throttle_ms: 5_000,
+                    instead_of_backoff_ms: None,
                 })
             })
             .await;
         assert_eq!(result.unwrap_err().attempts, 1);
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prescribed_delay_replaces_the_backoff() {
+        let start = Instant::now();
+        let result: Result<(), Exhausted<&str>> = retry(
+            &BackoffConfig {
+                backoff_initial_ms: 1_000,
+                backoff_max_ms: 1_000,
+                deadline_ms: 0,
+            },
+            Deadline::after_ms(10_000),
+            |attempt| async move {
+                match attempt {
+                    0 => ControlFlow::Continue(RetryAfter::after_ms("busy", 20)),
+                    1 => ControlFlow::Continue(RetryAfter::after_ms("at once", 0)),
+                    _ => ControlFlow::Break(()),
+                }
+            },
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,13 +5,13 @@
 //! FindCoordinator: <https://kafka.apache.org/protocol.html#The_Messages_FindCoordinator>;
 //! DescribeTransactions (KIP-664): <https://cwiki.apache.org/confluence/display/KAFKA/KIP-664%3A+Provide+tooling+to+detect+and+abort+hanging+transactions>.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::time::Instant;
 use tracing::debug;
 
-use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::client::retry::{retry, Deadline, RetryAfter};
+use crate::connection::backoff::BackoffConfig;
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::error_codes::{self, codes, Class, ErrorCode, Refresh};
 use crate::protocol::messages::messages::{
@@ -37,12 +37,25 @@ pub async fn describe_transaction(
 }
 
 pub(super) async fn describe(coordinator: &Coordinator) -> Result<TxnDescription, ClientError> {
+    describe_by(coordinator, coordinator.deadline()).await
+}
+
+/// [`describe`], retried until `deadline` (a caller's budget).
+pub(super) async fn describe_by(
+    coordinator: &Coordinator,
+    deadline: Deadline,
+) -> Result<TxnDescription, ClientError> {
     let request = DescribeTransactionsRequest::default()
         .with_transactional_ids(vec![TransactionalId(kstr(coordinator.key.clone()))]);
     let (response, _) = coordinator
-        .call(&request, "DescribeTransactions", |r| {
-            r.transaction_states.first().map_or(0, |s| s.error_code)
-        })
+        .call_classified_by(
+            deadline,
+            &request,
+            "DescribeTransactions",
+            i16::MAX,
+            |r| r.transaction_states.first().map_or(0, |s| s.error_code),
+            error_codes::lookup,
+        )
         .await?;
     let s = response
         .transaction_states
@@ -65,12 +78,14 @@ pub(super) async fn describe(coordinator: &Coordinator) -> Result<TxnDescription
     })
 }
 
-/// Sends EndTxn for `prepared` (with retries); returns the producer id and epoch to use next
-/// (the response's, under transactions version 2 — EndTxn v5+ — and `None` before).
+/// Sends EndTxn for `prepared` (with retries until `deadline`); returns the producer id and
+/// epoch to use next (the response's, under transactions version 2 — EndTxn v5+ — and `None`
+/// before).
 pub(super) async fn send_end_txn(
     coordinator: &Coordinator,
     prepared: &PreparedTxn,
     commit: bool,
+    deadline: Deadline,
 ) -> Result<Option<(i64, i16)>, ClientError> {
     let request = EndTxnRequest::default()
         .with_transactional_id(TransactionalId(kstr(prepared.transactional_id.clone())))
@@ -90,7 +105,14 @@ pub(super) async fn send_end_txn(
         4
     };
     let (response, version) = coordinator
-        .call_classified(&request, "EndTxn", version_max, |r| r.error_code, classify)
+        .call_classified_by(
+            deadline,
+            &request,
+            "EndTxn",
+            version_max,
+            |r| r.error_code,
+            classify,
+        )
         .await?;
     // Version 5 (transactions v2) returns the bumped epoch; older versions return none.
     Ok((version >= 5 && response.producer_id.0 >= 0)
@@ -174,7 +196,20 @@ impl Coordinator {
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// A fresh deadline of this coordinator's budget (`deadline_ms` from now).
+    pub(super) fn deadline(&self) -> Deadline {
+        Deadline::after_ms(self.deadline_ms)
+    }
+
     pub(super) async fn connection(&self) -> Result<(i32, Arc<Connection>), ClientError> {
+        self.connection_by(self.deadline()).await
+    }
+
+    /// The coordinator's connection, looked up (with retries until `deadline`) when not cached.
+    pub(super) async fn connection_by(
+        &self,
+        deadline: Deadline,
+    ) -> Result<(i32, Arc<Connection>), ClientError> {
         let cached = self
             .cached
             .lock()
@@ -185,17 +220,17 @@ impl Coordinator {
                 return Ok((node, conn));
             }
         }
-        let mut backoff = Backoff::new(self.backoff_config());
-        loop {
+        let found = retry(&self.backoff_config(), deadline, |_| async {
             match self.find().await {
-                Ok(found) => {
-                    *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.clone());
-                    return Ok(found);
-                }
-                Err(e) if e.is_retriable() && backoff.wait().await => {}
-                Err(e) => return Err(e),
+                Ok(found) => ControlFlow::Break(Ok(found)),
+                Err(e) if e.is_retriable() => ControlFlow::Continue(RetryAfter::error(e)),
+                Err(e) => ControlFlow::Break(Err(e)),
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|exhausted| Err(exhausted.last))?;
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.clone());
+        Ok(found)
     }
 
     async fn find(&self) -> Result<(i32, Arc<Connection>), ClientError> {
@@ -269,18 +304,42 @@ impl Coordinator {
     where
         R::Response: Send + 'static,
     {
-        let mut backoff = Backoff::new(self.backoff_config());
-        let mut last: Option<ClientError>;
-        let mut maybe_applied: Option<ClientError> = None;
-        loop {
-            let attempt = async {
-                let (_, conn) = self.connection().await?;
+        self.call_classified_by(self.deadline(), request, api, version_max, code, classify)
+            .await
+    }
+
+    /// [`Coordinator::call_classified`], retried until `deadline` (a caller's budget): the
+    /// coordinator lookup inside an attempt shares it.
+    pub(super) async fn call_classified_by<R: KafkaRequest>(
+        &self,
+        deadline: Deadline,
+        request: &R,
+        api: &'static str,
+        version_max: i16,
+        code: impl Fn(&R::Response) -> i16,
+        classify: fn(i16) -> ErrorCode,
+    ) -> Result<(R::Response, i16), ClientError>
+    where
+        R::Response: Send + 'static,
+    {
+        let budget_ms = deadline.remaining().as_millis() as u64;
+        // The first attempt that failed without a definite answer: it may have applied.
+        let maybe_applied: std::sync::Mutex<Option<ClientError>> = std::sync::Mutex::new(None);
+        let code = &code;
+        let maybe_applied_ref = &maybe_applied;
+        let outcome = retry(&self.backoff_config(), deadline, |attempt| async move {
+            if attempt > 0 {
+                self.retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let sent = async {
+                let (_, conn) = self.connection_by(deadline).await?;
                 Ok::<_, ClientError>(conn.request_versioned_max(request, version_max).await?)
             }
             .await;
-            let error = match attempt {
+            let error = match sent {
                 Ok((version, response)) => match code(&response) {
-                    0 => return Ok((response, version)),
+                    0 => return ControlFlow::Break(Ok((response, version))),
                     c => ClientError::Broker {
                         api,
                         code: classify(c),
@@ -291,59 +350,67 @@ impl Coordinator {
                 },
                 Err(e) => e,
             };
-            let wait = match &error {
+            // `Some(delay)`: retried, after `delay` ms (`None`: the backoff).
+            let wait: Option<Option<u64>> = match &error {
                 ClientError::Broker { code, .. } => {
                     if code.refresh == Refresh::Coordinator {
                         self.forget();
                     }
                     match code.class {
-                        Class::Retriable => Some(if code.code == codes::CONCURRENT_TRANSACTIONS {
-                            Duration::from_millis(self.concurrent_backoff_ms)
-                        } else {
-                            Duration::ZERO
-                        }),
-                        Class::UnknownOutcome if code.kafka_retriable => Some(Duration::ZERO),
+                        Class::Retriable => Some(
+                            (code.code == codes::CONCURRENT_TRANSACTIONS)
+                                .then_some(self.concurrent_backoff_ms),
+                        ),
+                        Class::UnknownOutcome if code.kafka_retriable => Some(None),
                         _ => None,
                     }
                 }
                 ClientError::Connection(ConnectionError::Timeout { .. }) => {
                     self.forget();
-                    Some(Duration::ZERO)
+                    Some(None)
                 }
                 e if e.is_retriable() => {
                     self.forget();
-                    Some(Duration::ZERO)
+                    Some(None)
                 }
                 _ => None,
             };
-            if error.class() == Class::UnknownOutcome && maybe_applied.is_none() {
-                maybe_applied = Some(error.clone());
+            if error.class() == Class::UnknownOutcome {
+                let mut first = maybe_applied_ref.lock().unwrap_or_else(|e| e.into_inner());
+                if first.is_none() {
+                    *first = Some(error.clone());
+                }
             }
-            last = Some(error);
-            let Some(fixed) = wait else { break };
-            if Instant::now() >= backoff.deadline() {
-                break;
+            match wait {
+                None => ControlFlow::Break(Err((error, attempt.saturating_add(1)))),
+                Some(delay) => {
+                    debug!(api, %error, "coordinator request failed; retrying while time is left");
+                    ControlFlow::Continue(RetryAfter {
+                        error,
+                        throttle_ms: 0,
+                        instead_of_backoff_ms: delay,
+                    })
+                }
             }
-            self.retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            debug!(api, error = %last.as_ref().map(ToString::to_string).unwrap_or_default(), "retrying coordinator request");
-            if fixed > Duration::ZERO {
-                tokio::time::sleep(fixed).await;
-            } else if !backoff.wait().await {
-                break;
-            }
-        }
-        let last =
-            last.unwrap_or_else(|| ClientError::broker(api, error_codes::codes::REQUEST_TIMED_OUT));
+        })
+        .await;
+        let (last, attempts) = match outcome {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(given_up)) => given_up,
+            Err(exhausted) => (exhausted.last, exhausted.attempts),
+        };
         let last = match last.class() {
             Class::Retriable => ClientError::RetriesExhausted {
                 what: api,
-                attempts: backoff.attempts(),
-                deadline_ms: self.deadline_ms,
+                attempts,
+                deadline_ms: budget_ms,
                 last: Box::new(last),
             },
             _ => last,
         };
+        let maybe_applied = maybe_applied
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         Err(match maybe_applied {
             Some(first) if last.class() != Class::UnknownOutcome => ClientError::OutcomeUnknown {
                 what: api,

@@ -356,3 +356,17 @@ async fn commit_cancelled_during_end_txn_is_finished_by_calling_it_again() {
     assert_eq!(s.end_txns, vec![(0, true), (1, true)]);
     assert!(s.batches.iter().all(|b| b.0 != "late"));
 }
+
+/// EndTxn answered CONCURRENT_TRANSACTIONS (the previous transaction's markers still being
+/// written) is retried, after the configured short pause, until the coordinator takes it; the
+/// commit then succeeds once.
+#[tokio::test]
+async fn end_txn_refused_as_concurrent_is_retried_until_taken() {
+    let (fake, p) = open_transaction(2).await;
+    on_end_txn(&fake, |attempt| match attempt {
+        0..=2 => end_txn_error(crate::protocol::error_codes::codes::CONCURRENT_TRANSACTIONS),
+        _ => Reply::Default,
+    });
+    assert_eq!(p.commit().await.expect("commit"), TxnOutcome::Committed);
+    assert_eq!(fake.lock().end_txns, vec![(0, true)]);
+}

@@ -32,16 +32,17 @@
 //! producer that prepared it were still alive and committed it and began the next one at the
 //! same epoch between steps 3 and its EndTxn, that next one would be ended instead.
 
-use std::time::Duration;
+use std::ops::ControlFlow;
 
 use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::client::retry::{retry, Deadline, RetryAfter};
+use crate::connection::backoff::BackoffConfig;
 use crate::connection::ConnectionError;
 use crate::protocol::error_codes::{codes, Class};
 
-use super::coordinator::{describe, send_end_txn, Coordinator};
+use super::coordinator::{describe, describe_by, send_end_txn, Coordinator};
 use super::marker::{find_marker, LogEvidence, MarkerKind, MarkerSearch};
 use super::{CoordinatorState, PreparedTxn, TxnDescription, TxnOutcome};
 use crate::client::{Client, ClientError};
@@ -98,24 +99,28 @@ async fn finish_prepared(
             TxnOutcome::Aborted
         });
     }
-    let deadline = Instant::now() + Duration::from_millis(deadline_ms);
-    let mut backoff = Backoff::new(BackoffConfig {
+    let deadline = Deadline::after_ms(deadline_ms);
+    let policy = BackoffConfig {
         backoff_initial_ms: 20,
         backoff_max_ms: 500,
         deadline_ms,
+    };
+    let progress = tokio::sync::Mutex::new(Progress {
+        maybe_applied: None,
+        resume: prepared
+            .partitions
+            .iter()
+            .map(|p| p.last_batch_offset)
+            .collect(),
     });
-    // An EndTxn this call sent that failed without a definite answer: it may have applied.
-    let mut maybe_applied: Option<ClientError> = None;
-    let mut resume: Vec<i64> = prepared
-        .partitions
-        .iter()
-        .map(|p| p.last_batch_offset)
-        .collect();
-    loop {
-        let remaining_ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .max(1) as u64;
+    let progress_ref = &progress;
+    let finished = retry(&policy, deadline, |_| async move {
+        let mut progress = progress_ref.lock().await;
+        let Progress {
+            maybe_applied,
+            resume,
+        } = &mut *progress;
+        let remaining_ms = deadline.remaining().as_millis().max(1) as u64;
         // At most half the time left per call, so that a lost answer leaves time to look again.
         let coordinator = Coordinator::new(
             client.clone(),
@@ -135,7 +140,7 @@ async fn finish_prepared(
                 transient: false,
             }
         } else {
-            read_logs(client, prepared, &mut resume, deadline).await
+            read_logs(client, prepared, resume, deadline.instant()).await
         };
         let decision = decide(prepared, commit, &evidence, Some(&description));
         debug!(
@@ -147,22 +152,29 @@ async fn finish_prepared(
         let wait_reason = match decision {
             Decision::Done(Ok(outcome)) => {
                 // An outcome this call's own EndTxn may have brought about is reported as such.
-                return Ok(match outcome {
+                return ControlFlow::Break(Ok(match outcome {
                     TxnOutcome::AlreadyCommitted if maybe_applied.is_some() => {
                         TxnOutcome::Committed
                     }
                     TxnOutcome::AlreadyAborted if maybe_applied.is_some() => TxnOutcome::Aborted,
                     other => other,
-                });
+                }));
             }
-            Decision::Done(Err(e)) => return Err(e),
-            Decision::EndTxn => match send_end_txn(&coordinator, prepared, commit).await {
+            Decision::Done(Err(e)) => return ControlFlow::Break(Err(e)),
+            Decision::EndTxn => match send_end_txn(
+                &coordinator,
+                prepared,
+                commit,
+                deadline.within((remaining_ms / 2).max(1)),
+            )
+            .await
+            {
                 Ok(_) => {
-                    return Ok(if commit {
+                    return ControlFlow::Break(Ok(if commit {
                         TxnOutcome::Committed
                     } else {
                         TxnOutcome::Aborted
-                    })
+                    }))
                 }
                 // Fenced, the state changed under us, or no answer: the logs will tell what
                 // happened. Anything else (authorization, ...) will not get better.
@@ -170,43 +182,54 @@ async fn finish_prepared(
                     warn!(error = %e, "EndTxn for a prepared transaction failed; looking again");
                     let reason = format!("EndTxn failed: {e}");
                     if !is_rejection(&e) {
-                        maybe_applied = Some(e);
+                        *maybe_applied = Some(e);
                     }
                     reason
                 }
                 Err(e) => {
-                    return Err(match maybe_applied {
+                    return ControlFlow::Break(Err(match maybe_applied.take() {
                         Some(_) if commit => ClientError::CommitOutcomeUnknown {
                             transactional_id: prepared.transactional_id.clone(),
                             cause: Box::new(e),
                         },
                         _ => e,
-                    })
+                    }))
                 }
             },
             Decision::Wait(reason) => reason,
         };
-        if !backoff.wait().await {
-            return Err(match maybe_applied {
-                Some(cause) if commit => ClientError::CommitOutcomeUnknown {
-                    transactional_id: prepared.transactional_id.clone(),
-                    cause: Box::new(cause),
-                },
-                Some(cause) => unknown(
-                    prepared,
-                    commit,
-                    format!(
-                        "an EndTxn(abort) was sent and may have applied ({cause}); {wait_reason}"
-                    ),
-                ),
-                None => unknown(
-                    prepared,
-                    commit,
-                    format!("{wait_reason} (gave up after {deadline_ms} ms)"),
-                ),
-            });
-        }
-    }
+        ControlFlow::Continue(RetryAfter::error(wait_reason))
+    })
+    .await;
+    let wait_reason = match finished {
+        Ok(result) => return result,
+        Err(exhausted) => exhausted.last,
+    };
+    let maybe_applied = progress.into_inner().maybe_applied;
+    Err(match maybe_applied {
+        Some(cause) if commit => ClientError::CommitOutcomeUnknown {
+            transactional_id: prepared.transactional_id.clone(),
+            cause: Box::new(cause),
+        },
+        Some(cause) => unknown(
+            prepared,
+            commit,
+            format!("an EndTxn(abort) was sent and may have applied ({cause}); {wait_reason}"),
+        ),
+        None => unknown(
+            prepared,
+            commit,
+            format!("{wait_reason} (gave up after {deadline_ms} ms)"),
+        ),
+    })
+}
+
+/// What [`finish_prepared`] carries from one look to the next.
+struct Progress {
+    /// An EndTxn this call sent that failed without a definite answer: it may have applied.
+    maybe_applied: Option<ClientError>,
+    /// Per recorded partition, where the log search resumes.
+    resume: Vec<i64>,
 }
 
 /// Whether EndTxn was definitely refused (so it did not apply).
@@ -445,19 +468,29 @@ pub(super) async fn end_txn(
     commit: bool,
     check_first: bool,
 ) -> Result<(TxnOutcome, Option<(i64, i16)>), ClientError> {
+    // One budget for the wait below and the EndTxn after it.
+    let deadline = coordinator.deadline();
     if check_first {
         // A transaction whose markers are still being written (PrepareCommit/PrepareAbort) is
         // waited for, so that a second commit right after the first is reported as such.
-        let mut backoff = Backoff::new(coordinator.backoff_config());
-        while let Ok(description) = describe(coordinator).await {
-            if let Some(outcome) = already_ended(&description, prepared, commit)? {
-                return Ok((outcome, None));
+        let settled = retry(&coordinator.backoff_config(), deadline, |_| async {
+            let Ok(description) = describe_by(coordinator, deadline).await else {
+                return ControlFlow::Break(Ok(None));
+            };
+            match already_ended(&description, prepared, commit) {
+                Err(e) => return ControlFlow::Break(Err(e)),
+                Ok(Some(outcome)) => return ControlFlow::Break(Ok(Some(outcome))),
+                Ok(None) => {}
             }
-            let ending =
-                description.state.is_ending() && description.producer_id == prepared.producer_id;
-            if !(ending && backoff.wait().await) {
-                break;
+            if description.state.is_ending() && description.producer_id == prepared.producer_id {
+                ControlFlow::Continue(RetryAfter::error(()))
+            } else {
+                ControlFlow::Break(Ok(None))
             }
+        })
+        .await;
+        if let Some(outcome) = settled.unwrap_or(Ok(None))? {
+            return Ok((outcome, None));
         }
     }
     let done = if commit {
@@ -465,7 +498,7 @@ pub(super) async fn end_txn(
     } else {
         TxnOutcome::Aborted
     };
-    match send_end_txn(coordinator, prepared, commit).await {
+    match send_end_txn(coordinator, prepared, commit, deadline).await {
         Ok(next) => Ok((done, next)),
         // From another process (check_first), fencing or a moved epoch needs a look at what the
         // coordinator did; in the producer itself it is simply fencing (mapped by the caller).

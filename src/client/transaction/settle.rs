@@ -28,12 +28,14 @@
 //! CONCURRENT_TRANSACTIONS). The producer id and epoch are not looked at: if another producer
 //! fenced us meanwhile, the write itself reports it.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::connection::backoff::{Backoff, BackoffConfig};
+use crate::client::retry::{retry, Deadline, RetryAfter};
+use crate::connection::backoff::BackoffConfig;
 use crate::protocol::error_codes::{self, Class};
 use crate::protocol::messages::kstr;
 use crate::protocol::messages::messages::{DescribeTransactionsRequest, TransactionalId};
@@ -153,28 +155,28 @@ impl Settle {
         }
         let started = Instant::now();
         let deadline = started + WAIT_MAX;
-        let mut backoff = Backoff::new(BackoffConfig {
+        let policy = BackoffConfig {
             backoff_initial_ms: 1,
             backoff_max_ms: 4,
             deadline_ms: WAIT_MAX.as_millis() as u64,
-        });
-        let mut probes = 0u32;
-        loop {
-            let found = tokio::time::timeout_at(deadline, probe(coordinator))
+        };
+        let probes = retry(&policy, Deadline::at(deadline), |attempt| async move {
+            let found = tokio::time::timeout_at(deadline, probe(coordinator, deadline))
                 .await
                 .unwrap_or(Probe::Settled);
-            probes += 1;
+            let probes = attempt + 1;
             if !self.count(found, probes == 1) {
-                break;
+                return ControlFlow::Break(probes);
             }
-            let eager = probes < EAGER_PROBES_MAX && started.elapsed() < EAGER;
-            if !eager && !backoff.wait().await {
-                break;
+            // Back to back at first, then the backoff.
+            if probes < EAGER_PROBES_MAX && started.elapsed() < EAGER {
+                ControlFlow::Continue(RetryAfter::after_ms((), 0))
+            } else {
+                ControlFlow::Continue(RetryAfter::error(()))
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
+        })
+        .await
+        .unwrap_or_else(|exhausted| exhausted.attempts);
         self.lock().ended_at = None;
         debug!(
             probes,
@@ -184,10 +186,10 @@ impl Settle {
     }
 }
 
-/// One DescribeTransactions round trip to the (cached) coordinator, no retries: a failure is
-/// taken as "go ahead".
-async fn probe(coordinator: &Coordinator) -> Probe {
-    let Ok((_, conn)) = coordinator.connection().await else {
+/// One DescribeTransactions round trip to the (cached) coordinator, no retries (a coordinator
+/// not cached is looked up until `deadline`, the wait's own): a failure is taken as "go ahead".
+async fn probe(coordinator: &Coordinator, deadline: Instant) -> Probe {
+    let Ok((_, conn)) = coordinator.connection_by(Deadline::at(deadline)).await else {
         return Probe::Settled;
     };
     if conn.version_of::<DescribeTransactionsRequest>().is_err() {
