@@ -122,8 +122,8 @@ impl TransactionalProducer {
     /// Flushes every record and returns the transaction's identity without committing it. The
     /// producer holds it (state Prepared) until it is committed or aborted here
     /// ([`TransactionalProducer::commit`] / [`TransactionalProducer::abort`]), or from another
-    /// process with [`commit_prepared`](super::commit_prepared) /
-    /// [`abort_prepared`](super::abort_prepared).
+    /// process with [`commit_prepared`](crate::client::transaction::commit_prepared) /
+    /// [`abort_prepared`](crate::client::transaction::abort_prepared).
     ///
     /// # Cancel safety
     /// Cancel safe: flushing only waits. Sends stay refused until `prepare`, `commit` or
