@@ -1,4 +1,5 @@
-//! A scripted fake Kafka cluster for client tests (compiled for tests only).
+//! A scripted fake Kafka cluster for client tests (compiled for tests only); the one fake every
+//! unit test of the client, the producer and the transactional producer uses.
 //!
 //! Why: the real broker is the judge of the common paths, but it cannot be made to answer
 //! NOT_COORDINATOR, CONCURRENT_TRANSACTIONS, an unknown error code, or to lose an EndTxn answer
@@ -7,16 +8,24 @@
 //! kept to the APIs the client speaks.
 //!
 //! - Each node is a loopback listener; all share one [`State`] (topics, partition logs,
-//!   transactional ids). Metadata lists every node; partition leaders are chosen per topic.
+//!   transactional ids). Metadata lists every node and the topics asked for; partition leaders
+//!   are chosen per topic. Node 1 is every coordinator.
 //! - [`FakeCluster::control`] installs a hook for one API key: it sees each decoded request (in
 //!   arrival order) and either passes (`None`: the default handler answers) or decides the
 //!   [`Action`]: a scripted response, a delay, no response at all, or a cut connection. A hook
-//!   stays installed until it handles a request, unless it was installed with `keep`.
+//!   stays installed until it handles a request, unless it was installed with `keep`. A delayed
+//!   answer does not hold up later requests on its connection (answers are matched by
+//!   correlation id).
 //! - [`FakeCluster::requests`] is the journal of every request seen, for assertions such as
 //!   "no EndTxn(abort) was ever sent".
 //!
-//! The default handlers are deliberately simple: produce appends batches as they come (no
-//! sequence checks), every transaction succeeds, and nothing is replicated. Tests that need
+//! The default handlers model just enough of a partition leader and a transaction coordinator:
+//! producer ids and epochs per transactional id ([`Txn`], read with [`FakeCluster::txn`]), the
+//! coordinator state DescribeTransactions reports, the `transaction.version` feature
+//! ([`FakeCluster::set_transaction_version`]; version 1 offers neither Produce v12 nor EndTxn v5
+//! and needs AddPartitionsToTxn, KIP-890), fencing of batches and EndTxn with an old epoch, the
+//! epoch bump of EndTxn v5, and per-partition logs with offsets and transaction markers (KIP-98)
+//! that Fetch serves. Produce does no sequence checks and nothing is replicated. Tests that need
 //! more script it with a hook.
 
 // A test utility: not every hook or accessor is used by every test build.
@@ -27,6 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+};
 use kafka_protocol::messages::api_versions_response::{ApiVersion, FinalizedFeatureKey};
 use kafka_protocol::messages::describe_transactions_response::{
     TopicData, TransactionState as DescribedTxn,
@@ -42,7 +54,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::protocol::error_codes::codes;
 use crate::protocol::messages::KafkaRequest;
+
+/// Not among the codes the client names (it classifies it from the table).
+const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
 
 macro_rules! kinds {
     ($($name:ident($req:ident, $resp:ident),)*) => {
@@ -134,16 +150,20 @@ pub(crate) struct Txn {
     /// Kafka's state names: Empty, Ongoing, PrepareCommit, CompleteCommit, CompleteAbort, ...
     pub(crate) state: String,
     pub(crate) partitions: Vec<(String, i32)>,
+    /// Every EndTxn that ended a transaction: (epoch sent, commit).
+    pub(crate) end_txns: Vec<(i16, bool)>,
 }
 
 /// The cluster's shared state; hooks may read and change it.
 #[derive(Default)]
 pub(crate) struct State {
-    /// topic → per partition (leader node, batches appended).
+    /// topic → per partition (leader node, log: data batches and transaction markers in offset
+    /// order, each batch's base offset set as the leader assigned it).
     pub(crate) topics: HashMap<String, Vec<(i32, Vec<Bytes>)>>,
     /// transactional id → coordinator state.
     pub(crate) txns: HashMap<String, Txn>,
-    /// The finalized `transaction.version` advertised in ApiVersions.
+    /// The finalized `transaction.version` advertised in ApiVersions (1 or 2; 2 also offers
+    /// Produce v12 and EndTxn v5). Set it before the client connects.
     pub(crate) transaction_version: i16,
     next_producer_id: i64,
     nodes: Vec<(i32, String)>,
@@ -299,13 +319,50 @@ impl FakeCluster {
             .collect()
     }
 
-    /// How many records were appended to `topic`/`partition` (all batches, any transaction).
+    /// A copy of transactional id `id`'s coordinator state (panics if there is none).
+    pub(crate) fn txn(&self, id: &str) -> Txn {
+        self.with_state(|s| s.txns.get(id).cloned().expect("no such transactional id"))
+    }
+
+    /// Sets the finalized `transaction.version` (1 or 2) the cluster advertises; call it before
+    /// the client connects.
+    pub(crate) fn set_transaction_version(&self, version: i16) {
+        self.with_state(|s| s.transaction_version = version);
+    }
+
+    /// Every data batch in the logs: (topic, partition, producer epoch, record count), in offset
+    /// order per partition (partitions in no particular order).
+    pub(crate) fn batches(&self) -> Vec<(String, i32, i16, i32)> {
+        self.with_state(|s| {
+            let mut batches = Vec::new();
+            for (topic, parts) in &s.topics {
+                for (partition, (_, log)) in parts.iter().enumerate() {
+                    for batch in log.iter().filter(|b| !is_control(b)) {
+                        let epoch = batch
+                            .get(51..53)
+                            .map_or(-1, |b| i16::from_be_bytes([b[0], b[1]]));
+                        batches.push((
+                            topic.clone(),
+                            partition as i32,
+                            epoch,
+                            batch_record_count(batch),
+                        ));
+                    }
+                }
+            }
+            batches
+        })
+    }
+
+    /// How many records were appended to `topic`/`partition` (all data batches, any
+    /// transaction).
     pub(crate) fn record_count(&self, topic: &str, partition: i32) -> usize {
         self.with_state(|s| {
             s.topics.get(topic).map_or(0, |parts| {
                 parts[partition as usize]
                     .1
                     .iter()
+                    .filter(|b| !is_control(b))
                     .map(|b| batch_record_count(b) as usize)
                     .sum()
             })
@@ -340,18 +397,26 @@ async fn accept_loop(listener: TcpListener, node: i32, state: Arc<Mutex<State>>)
     }
 }
 
-/// Serves one connection: reads frames, decodes, consults hooks, answers.
-async fn serve(mut socket: TcpStream, node: i32, state: Arc<Mutex<State>>) {
-    loop {
-        let Ok(size) = socket.read_i32().await else {
-            return;
-        };
+/// Serves one connection: reads frames, decodes, consults hooks, answers. Answers go through
+/// one writer task so that a delayed answer does not hold up the next request (the client
+/// matches answers by correlation id).
+async fn serve(socket: TcpStream, node: i32, state: Arc<Mutex<State>>) {
+    let (mut read, mut write) = socket.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
+    let writer = AbortOnDrop(tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if write.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }));
+    while let Ok(size) = read.read_i32().await {
         let Ok(size) = usize::try_from(size) else {
-            return;
+            break;
         };
         let mut frame = vec![0; size];
-        if socket.read_exact(&mut frame).await.is_err() {
-            return;
+        if read.read_exact(&mut frame).await.is_err() {
+            break;
         }
         if state
             .lock()
@@ -363,7 +428,7 @@ async fn serve(mut socket: TcpStream, node: i32, state: Arc<Mutex<State>>) {
         }
         let mut frame = Bytes::from(frame);
         let Some((key, version, correlation_id, body)) = decode_request(&mut frame) else {
-            return;
+            break;
         };
         let seen = Seen {
             node,
@@ -394,24 +459,7 @@ async fn serve(mut socket: TcpStream, node: i32, state: Arc<Mutex<State>>) {
             s.controls = controls;
             decided
         };
-        let response = match action {
-            Some(Action::Respond(response)) => Some(response),
-            Some(Action::Cut) => return,
-            Some(Action::DelayMs(ms)) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Some(handle(&seen, &state))
-            }
-            Some(Action::DropResponse) => {
-                handle(&seen, &state);
-                None
-            }
-            Some(Action::CutAfterApply) => {
-                handle(&seen, &state);
-                return;
-            }
-            None => Some(handle(&seen, &state)),
-        };
-        if let Some(response) = response {
+        let frame = move |response: ResponseKind| {
             let mut buf = BytesMut::new();
             buf.put_i32(0);
             ResponseHeader::default()
@@ -421,11 +469,36 @@ async fn serve(mut socket: TcpStream, node: i32, state: Arc<Mutex<State>>) {
             response.encode(&mut buf, version);
             let len = (buf.len() - 4) as i32;
             buf[..4].copy_from_slice(&len.to_be_bytes());
-            if socket.write_all(&buf).await.is_err() {
+            buf
+        };
+        match action {
+            Some(Action::Respond(response)) => {
+                let _ = tx.send(frame(response));
+            }
+            Some(Action::Cut) => return,
+            Some(Action::DelayMs(ms)) => {
+                let (tx, state) = (tx.clone(), Arc::clone(&state));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let _ = tx.send(frame(handle(&seen, &state)));
+                });
+            }
+            Some(Action::DropResponse) => {
+                handle(&seen, &state);
+            }
+            Some(Action::CutAfterApply) => {
+                handle(&seen, &state);
                 return;
+            }
+            None => {
+                let _ = tx.send(frame(handle(&seen, &state)));
             }
         }
     }
+    // The peer closed: let the writer finish what is queued.
+    drop(tx);
+    let mut writer = writer;
+    let _ = (&mut writer.0).await;
 }
 
 fn decode_request(frame: &mut Bytes) -> Option<(ApiKey, i16, i32, RequestKind)> {
@@ -475,34 +548,141 @@ fn split_batches(mut data: Bytes) -> Vec<Bytes> {
     batches
 }
 
+/// The offset after the last batch of `log` (0 when empty).
+fn log_end(log: &[Bytes]) -> i64 {
+    log.last().map_or(0, |batch| {
+        let base = i64::from_be_bytes(batch[..8].try_into().expect("8 bytes"));
+        let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+        base + i64::from(last_delta) + 1
+    })
+}
+
+/// Whether a v2 batch is a control batch (attributes bit 5, KIP-98).
+fn is_control(batch: &[u8]) -> bool {
+    batch.get(22).is_some_and(|a| a & (1 << 5) != 0)
+}
+
+/// A transaction marker at offset `at`: a control batch of one control record (KIP-98).
+fn marker(at: i64, producer_id: i64, producer_epoch: i16, commit: bool) -> Bytes {
+    use crate::protocol::compression::Compression;
+    use crate::protocol::record_batch::{BatchProducerFields, RecordBatchBuilder};
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    // Key: version 0, type (0 abort, 1 commit); value: version 0, coordinator epoch 0.
+    builder
+        .append(0, Some(&[0, 0, 0, u8::from(commit)]), Some(&[0; 6]), &[])
+        .expect("control record");
+    let built = builder
+        .build(BatchProducerFields {
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+            is_transactional: true,
+        })
+        .expect("control batch");
+    let mut batch = BytesMut::from(built);
+    batch[..8].copy_from_slice(&at.to_be_bytes());
+    // Attributes at bytes 21..23 (bit 5: control); the CRC (bytes 17..21) covers 21.. .
+    batch[22] |= 1 << 5;
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch.freeze()
+}
+
+/// Fetch from the logs: every batch ending at or after the fetch offset, up to the end (data
+/// and markers alike; no isolation level, no size limit).
+fn fetch(s: &State, req: &FetchRequest) -> FetchResponse {
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let log = s
+                        .topics
+                        .get(t.topic.0.as_str())
+                        .and_then(|parts| parts.get(p.partition as usize))
+                        .map(|(_, log)| log.as_slice());
+                    let Some(log) = log else {
+                        return fetch_response::PartitionData::default()
+                            .with_partition_index(p.partition)
+                            .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
+                    };
+                    let end = log_end(log);
+                    let mut records = BytesMut::new();
+                    for batch in log {
+                        let base = i64::from_be_bytes(batch[..8].try_into().expect("8 bytes"));
+                        let last_delta =
+                            i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+                        if base + i64::from(last_delta) >= p.fetch_offset {
+                            records.extend_from_slice(batch);
+                        }
+                    }
+                    fetch_response::PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_high_watermark(end)
+                        .with_last_stable_offset(end)
+                        .with_log_start_offset(0)
+                        .with_records(Some(records.freeze()))
+                })
+                .collect();
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default().with_responses(topics)
+}
+
 /// The default handlers.
 fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
     let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
     let s = &mut *guard;
     match &seen.body {
-        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(
-            ApiVersionsResponse::default()
-                .with_api_keys(vec![
-                    versions::<ApiVersionsRequest>(),
-                    versions::<MetadataRequest>(),
-                    versions::<ProduceRequest>(),
-                    versions::<FetchRequest>(),
-                    versions::<ListOffsetsRequest>(),
-                    versions::<FindCoordinatorRequest>(),
-                    versions::<InitProducerIdRequest>(),
-                    versions::<AddPartitionsToTxnRequest>(),
-                    versions::<AddOffsetsToTxnRequest>(),
-                    versions::<TxnOffsetCommitRequest>(),
-                    versions::<EndTxnRequest>(),
-                    versions::<DescribeTransactionsRequest>(),
-                    versions::<DescribeConfigsRequest>(),
-                ])
-                .with_finalized_features(vec![FinalizedFeatureKey::default()
-                    .with_name(kstr("transaction.version"))
-                    .with_min_version_level(s.transaction_version)
-                    .with_max_version_level(s.transaction_version)]),
-        ),
-        RequestKind::Metadata(_) => {
+        RequestKind::ApiVersions(_) => {
+            // Transactions version 2 (KIP-890) comes with Produce v12 and EndTxn v5; a version-1
+            // cluster does not offer them.
+            let v2 = s.transaction_version >= 2;
+            let capped = |v: ApiVersion, max: i16| {
+                if v2 {
+                    v
+                } else {
+                    let top = v.max_version.min(max);
+                    v.with_max_version(top)
+                }
+            };
+            ResponseKind::ApiVersions(
+                ApiVersionsResponse::default()
+                    .with_api_keys(vec![
+                        versions::<ApiVersionsRequest>(),
+                        versions::<MetadataRequest>(),
+                        capped(versions::<ProduceRequest>(), 11),
+                        versions::<FetchRequest>(),
+                        versions::<ListOffsetsRequest>(),
+                        versions::<FindCoordinatorRequest>(),
+                        versions::<InitProducerIdRequest>(),
+                        versions::<AddPartitionsToTxnRequest>(),
+                        versions::<AddOffsetsToTxnRequest>(),
+                        versions::<TxnOffsetCommitRequest>(),
+                        capped(versions::<EndTxnRequest>(), 4),
+                        versions::<DescribeTransactionsRequest>(),
+                        versions::<DescribeConfigsRequest>(),
+                    ])
+                    .with_finalized_features(vec![FinalizedFeatureKey::default()
+                        .with_name(kstr("transaction.version"))
+                        .with_min_version_level(s.transaction_version)
+                        .with_max_version_level(s.transaction_version)]),
+            )
+        }
+        RequestKind::Metadata(req) => {
+            // Like the broker: the topics asked for (all when the list is null).
+            let asked: Option<Vec<&str>> = req.topics.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .filter_map(|t| t.name.as_ref().map(|n| n.0.as_str()))
+                    .collect()
+            });
             let brokers = s
                 .nodes
                 .iter()
@@ -517,6 +697,7 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
             let topics = s
                 .topics
                 .iter()
+                .filter(|(name, _)| asked.as_ref().is_none_or(|a| a.contains(&name.as_str())))
                 .map(|(name, parts)| {
                     MetadataResponseTopic::default()
                         .with_name(Some(TopicName(kstr(name))))
@@ -573,6 +754,7 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
             ResponseKind::FindCoordinator(response)
         }
         RequestKind::InitProducerId(req) => {
+            let mut code = codes::NONE;
             let (producer_id, producer_epoch) = match &req.transactional_id {
                 Some(id) => {
                     let next_id = s.next_producer_id;
@@ -580,14 +762,26 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
                         producer_id: next_id,
                         producer_epoch: -1,
                         state: "Empty".into(),
-                        partitions: Vec::new(),
+                        ..Txn::default()
                     });
                     if txn.producer_id == next_id {
                         s.next_producer_id += 1;
                     }
-                    txn.producer_epoch += 1;
-                    txn.state = "Empty".into();
-                    txn.partitions.clear();
+                    if req.producer_id.0 >= 0
+                        && (req.producer_id.0 != txn.producer_id
+                            || req.producer_epoch != txn.producer_epoch)
+                    {
+                        // KIP-360: a re-init with an id and epoch that are not the current ones.
+                        code = codes::PRODUCER_FENCED;
+                    } else {
+                        txn.state = if txn.state == "Ongoing" {
+                            "CompleteAbort".into()
+                        } else {
+                            "Empty".into()
+                        };
+                        txn.partitions.clear();
+                        txn.producer_epoch += 1;
+                    }
                     (txn.producer_id, txn.producer_epoch)
                 }
                 None => {
@@ -597,8 +791,46 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
             };
             ResponseKind::InitProducerId(
                 InitProducerIdResponse::default()
+                    .with_error_code(code)
                     .with_producer_id(ProducerId(producer_id))
                     .with_producer_epoch(producer_epoch),
+            )
+        }
+        RequestKind::AddPartitionsToTxn(req) => {
+            let txn = s.txns.get_mut(req.v3_and_below_transactional_id.0.as_str());
+            let (code, txn) = match txn {
+                Some(txn) if txn.producer_epoch == req.v3_and_below_producer_epoch => {
+                    (codes::NONE, Some(txn))
+                }
+                Some(_) => (codes::PRODUCER_FENCED, None),
+                None => (INVALID_PRODUCER_ID_MAPPING, None),
+            };
+            let mut results = Vec::new();
+            let mut txn = txn;
+            for t in &req.v3_and_below_topics {
+                let mut partitions = Vec::new();
+                for p in &t.partitions {
+                    if let Some(txn) = txn.as_mut() {
+                        let tp = (t.name.0.to_string(), *p);
+                        if !txn.partitions.contains(&tp) {
+                            txn.partitions.push(tp);
+                        }
+                        txn.state = "Ongoing".into();
+                    }
+                    partitions.push(
+                        AddPartitionsToTxnPartitionResult::default()
+                            .with_partition_index(*p)
+                            .with_partition_error_code(code),
+                    );
+                }
+                results.push(
+                    AddPartitionsToTxnTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_results_by_partition(partitions),
+                );
+            }
+            ResponseKind::AddPartitionsToTxn(
+                AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results),
             )
         }
         RequestKind::Produce(req) => {
@@ -606,27 +838,50 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
             for topic in &req.topic_data {
                 let mut partitions = Vec::new();
                 for p in &topic.partition_data {
-                    let mut base_offset = -1;
-                    let mut code = 0;
-                    match s
-                        .topics
-                        .get_mut(topic.name.0.as_str())
-                        .and_then(|parts| parts.get_mut(p.index as usize))
+                    let records = p.records.clone().unwrap_or_default();
+                    let tp = (topic.name.0.to_string(), p.index);
+                    let mut code = codes::NONE;
+                    if let Some(txn) = req
+                        .transactional_id
+                        .as_ref()
+                        .and_then(|id| s.txns.get_mut(id.as_str()))
                     {
-                        Some((_, log)) => {
-                            let start: i64 = log.iter().map(|b| batch_record_count(b) as i64).sum();
-                            base_offset = start;
-                            log.extend(split_batches(p.records.clone().unwrap_or_default()));
-                        }
-                        None => code = 3, // UNKNOWN_TOPIC_OR_PARTITION
-                    }
-                    if let (Some(id), 0) = (&req.transactional_id, code) {
-                        if let Some(txn) = s.txns.get_mut(id.as_str()) {
-                            txn.state = "Ongoing".into();
-                            let tp = (topic.name.0.to_string(), p.index);
+                        // The producer epoch at byte 51 of a v2 batch header.
+                        let epoch = records
+                            .get(51..53)
+                            .map_or(-1, |b| i16::from_be_bytes([b[0], b[1]]));
+                        code = if epoch != txn.producer_epoch {
+                            codes::PRODUCER_FENCED
+                        } else if s.transaction_version >= 2 && seen.version >= 12 {
+                            // KIP-890: the partition leader adds the partition itself.
                             if !txn.partitions.contains(&tp) {
-                                txn.partitions.push(tp);
+                                txn.partitions.push(tp.clone());
                             }
+                            txn.state = "Ongoing".into();
+                            codes::NONE
+                        } else if txn.partitions.contains(&tp) {
+                            codes::NONE
+                        } else {
+                            codes::INVALID_TXN_STATE
+                        };
+                    }
+                    let mut base_offset = -1;
+                    if code == codes::NONE {
+                        match s
+                            .topics
+                            .get_mut(tp.0.as_str())
+                            .and_then(|parts| parts.get_mut(p.index as usize))
+                        {
+                            Some((_, log)) => {
+                                base_offset = log_end(log);
+                                for batch in split_batches(records) {
+                                    let mut batch = BytesMut::from(batch);
+                                    let at = log_end(log);
+                                    batch[..8].copy_from_slice(&at.to_be_bytes());
+                                    log.push(batch.freeze());
+                                }
+                            }
+                            None => code = codes::UNKNOWN_TOPIC_OR_PARTITION,
                         }
                     }
                     partitions.push(
@@ -645,51 +900,67 @@ fn handle(seen: &Seen, state: &Arc<Mutex<State>>) -> ResponseKind {
             ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
         }
         RequestKind::EndTxn(req) => {
+            // EndTxn v5 (KIP-890, transactions version 2) bumps the epoch and returns it.
+            let bump = seen.version >= 5;
+            let done = if req.committed {
+                "CompleteCommit"
+            } else {
+                "CompleteAbort"
+            };
+            let mut markers = Vec::new();
             let mut response = EndTxnResponse::default();
-            match s.txns.get_mut(req.transactional_id.as_str()) {
-                Some(txn) if txn.producer_epoch == req.producer_epoch => {
-                    txn.state = if req.committed {
-                        "CompleteCommit".into()
-                    } else {
-                        "CompleteAbort".into()
-                    };
-                    txn.partitions.clear();
-                    if s.transaction_version >= 2 {
+            let code = match s.txns.get_mut(req.transactional_id.as_str()) {
+                None => codes::INVALID_TXN_STATE,
+                Some(txn) if txn.producer_id != req.producer_id.0 => INVALID_PRODUCER_ID_MAPPING,
+                Some(txn) if txn.producer_epoch == req.producer_epoch && txn.state == "Ongoing" => {
+                    txn.state = done.into();
+                    txn.end_txns.push((req.producer_epoch, req.committed));
+                    if bump {
                         txn.producer_epoch += 1;
+                    }
+                    // The markers carry the epoch EndTxn leaves (bumped under version 2).
+                    for tp in std::mem::take(&mut txn.partitions) {
+                        markers.push((tp, txn.producer_id, txn.producer_epoch));
                     }
                     response = response
                         .with_producer_id(ProducerId(txn.producer_id))
                         .with_producer_epoch(txn.producer_epoch);
+                    codes::NONE
                 }
                 // A retry of the EndTxn that already completed (its answer was lost): like the
-                // broker, answer success with the current epoch (under transactions version 2 the
-                // retry carries the epoch before the bump).
+                // broker, answer success with the current epoch (under version 2 the retry
+                // carries the epoch before the bump).
                 Some(txn)
-                    if txn.state
-                        == if req.committed {
-                            "CompleteCommit"
-                        } else {
-                            "CompleteAbort"
-                        }
-                        && (txn.producer_epoch == req.producer_epoch
-                            || (s.transaction_version >= 2
-                                && txn.producer_epoch == req.producer_epoch + 1)) =>
+                    if txn.state == done
+                        && req.producer_epoch == txn.producer_epoch - i16::from(bump) =>
                 {
                     response = response
                         .with_producer_id(ProducerId(txn.producer_id))
                         .with_producer_epoch(txn.producer_epoch);
+                    codes::NONE
                 }
-                Some(_) => response = response.with_error_code(90), // PRODUCER_FENCED
-                None => response = response.with_error_code(48),    // INVALID_TXN_STATE
+                Some(txn) if req.producer_epoch < txn.producer_epoch => codes::PRODUCER_FENCED,
+                Some(_) => codes::INVALID_TXN_STATE,
+            };
+            for ((topic, partition), producer_id, producer_epoch) in markers {
+                if let Some((_, log)) = s
+                    .topics
+                    .get_mut(&topic)
+                    .and_then(|parts| parts.get_mut(partition as usize))
+                {
+                    let at = log_end(log);
+                    log.push(marker(at, producer_id, producer_epoch, req.committed));
+                }
             }
-            if seen.version < 5 {
+            if !bump {
                 // The producer id and epoch fields exist from v5 (KIP-890) on.
                 response = response
                     .with_producer_id(ProducerId(-1))
                     .with_producer_epoch(-1);
             }
-            ResponseKind::EndTxn(response)
+            ResponseKind::EndTxn(response.with_error_code(code))
         }
+        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch(s, req)),
         RequestKind::DescribeTransactions(req) => ResponseKind::DescribeTransactions(
             DescribeTransactionsResponse::default().with_transaction_states(
                 req.transactional_ids

@@ -5,17 +5,25 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use kafka_protocol::messages::{ApiKey, EndTxnResponse};
 
-use super::fake_cluster::{FakeCluster, Reply, RequestKind, ResponseKind};
 use super::{TransactionConfig, TransactionalProducer, TxnOutcome, TxnState};
+use crate::client::fake_cluster::{Action, FakeCluster, RequestKind, ResponseKind};
 use crate::client::producer::ProducerRecord;
 use crate::client::{Client, ClientConfig, ClientError};
 
+/// A one-node fake cluster at transactions version `txn_version`, with topic "t" of two
+/// partitions.
+async fn fake_at(txn_version: i16) -> FakeCluster {
+    let fake = FakeCluster::start(1).await;
+    fake.set_transaction_version(txn_version);
+    fake.add_topic("t", &[1, 1]);
+    fake
+}
+
 async fn producer(fake: &FakeCluster) -> TransactionalProducer {
-    let mut config = ClientConfig::new(&fake.addr);
+    let mut config = ClientConfig::new(&fake.addr(1));
     config.connection.request_timeout_ms = 500;
     config.retry.deadline_ms = 2_000;
     let client = Client::connect(config).await.expect("connect to the fake");
@@ -39,7 +47,7 @@ async fn send(p: &TransactionalProducer, value: &str) {
 /// A fake cluster at transactions version `txn_version`, and a producer against it with a
 /// transaction open that holds one delivered record, "a".
 async fn open_transaction(txn_version: i16) -> (FakeCluster, TransactionalProducer) {
-    let fake = FakeCluster::start(txn_version).await;
+    let fake = fake_at(txn_version).await;
     let p = producer(&fake).await;
     p.begin().await.unwrap();
     send(&p, "a").await;
@@ -50,12 +58,12 @@ async fn open_transaction(txn_version: i16) -> (FakeCluster, TransactionalProduc
 /// notification fires as each EndTxn reaches the fake (before its reply).
 fn on_end_txn(
     fake: &FakeCluster,
-    mut script: impl FnMut(u32) -> Reply + Send + 'static,
+    mut script: impl FnMut(u32) -> Option<Action> + Send + 'static,
 ) -> Arc<tokio::sync::Notify> {
     let seen = Arc::new(tokio::sync::Notify::new());
     let notify = Arc::clone(&seen);
     let mut attempt = 0;
-    fake.on(ApiKey::EndTxn, move |_, _| {
+    fake.control(ApiKey::EndTxn, true, move |_, _| {
         notify.notify_one();
         attempt += 1;
         script(attempt - 1)
@@ -64,10 +72,10 @@ fn on_end_txn(
 }
 
 /// An EndTxn answer carrying `code`.
-fn end_txn_error(code: i16) -> Reply {
-    Reply::Answer(ResponseKind::EndTxn(
+fn end_txn_error(code: i16) -> Option<Action> {
+    Some(Action::Respond(ResponseKind::EndTxn(
         EndTxnResponse::default().with_error_code(code),
-    ))
+    )))
 }
 
 /// A commit that went through, whether or not the producer heard the first answer.
@@ -85,11 +93,11 @@ fn assert_committed(outcome: TxnOutcome) {
 fn lose_end_txn_answers(fake: &FakeCluster) -> Arc<AtomicBool> {
     let armed = Arc::new(AtomicBool::new(true));
     let flag = Arc::clone(&armed);
-    fake.on(ApiKey::EndTxn, move |_, _| {
+    fake.control(ApiKey::EndTxn, true, move |_, _| {
         if flag.load(Ordering::SeqCst) {
-            Reply::ApplyAndDrop
+            Some(Action::DropResponse)
         } else {
-            Reply::Default
+            None
         }
     });
     armed
@@ -104,7 +112,7 @@ async fn commit_recovered_by_describe_takes_the_coordinators_epoch() {
     let armed = lose_end_txn_answers(&fake);
     assert_committed(p.commit().await.expect("commit"));
     armed.store(false, Ordering::SeqCst);
-    let epoch = fake.lock().producer_epoch;
+    let epoch = fake.txn("fake-txn").producer_epoch;
     assert_eq!(p.producer_id().await, (1000, epoch));
     // The next transaction works.
     p.begin().await.unwrap();
@@ -113,7 +121,7 @@ async fn commit_recovered_by_describe_takes_the_coordinators_epoch() {
         p.commit().await.expect("second commit"),
         TxnOutcome::Committed
     );
-    assert_eq!(fake.lock().end_txns, vec![(0, true), (1, true)]);
+    assert_eq!(fake.txn("fake-txn").end_txns, vec![(0, true), (1, true)]);
 }
 
 /// Finding 5: EndTxn(commit) answered with an unexpected code may have committed; the producer
@@ -133,7 +141,10 @@ async fn unexpected_end_txn_code_leaves_the_commit_unknown_and_refuses_abort() {
         );
         let abort = p.abort().await.expect_err("abort after an unknown commit");
         assert!(matches!(abort, ClientError::TxnFatal { .. }), "{abort}");
-        assert!(fake.lock().end_txns.is_empty(), "nothing was ended");
+        assert!(
+            fake.txn("fake-txn").end_txns.is_empty(),
+            "nothing was ended"
+        );
     }
 }
 
@@ -144,18 +155,18 @@ async fn timed_out_commit_then_other_error_stays_maybe_applied() {
     let (fake, p) = open_transaction(2).await;
     // First attempt: applied, answer lost. Second: TRANSACTION_ABORTABLE.
     on_end_txn(&fake, |attempt| match attempt {
-        0 => Reply::ApplyAndDrop,
+        0 => Some(Action::DropResponse),
         _ => end_txn_error(120),
     });
     // The coordinator shows the commit (one epoch later): it did commit.
     assert_committed(p.commit().await.expect("commit"));
-    assert_eq!(fake.lock().end_txns, vec![(0, true)]);
+    assert_eq!(fake.txn("fake-txn").end_txns, vec![(0, true)]);
 
     // Same, but the first attempt was not applied: the coordinator still shows the transaction
     // open, and nothing proves the commit did not happen: unknown, never aborted.
     let (fake, p) = open_transaction(2).await;
     on_end_txn(&fake, |attempt| match attempt {
-        0 => Reply::DelayThenDefault(Duration::from_secs(5)),
+        0 => Some(Action::DelayMs(5000)),
         _ => end_txn_error(120),
     });
     let err = p.commit().await.expect_err("commit");
@@ -174,8 +185,8 @@ async fn timed_out_commit_then_other_error_stays_maybe_applied() {
 /// never saw.
 #[tokio::test]
 async fn locally_failed_send_leaves_no_partition_behind() {
-    let fake = FakeCluster::start(2).await;
-    let mut config = ClientConfig::new(&fake.addr);
+    let fake = fake_at(2).await;
+    let mut config = ClientConfig::new(&fake.addr(1));
     config.connection.request_timeout_ms = 500;
     let client = Client::connect(config).await.unwrap();
     let mut txn = TransactionConfig::new("fake-txn");
@@ -190,7 +201,7 @@ async fn locally_failed_send_leaves_no_partition_behind() {
         .expect_err("record too large");
     assert!(matches!(err, ClientError::RecordTooLarge { .. }), "{err}");
     assert_eq!(p.commit().await.expect("commit"), TxnOutcome::Committed);
-    assert!(!fake.lock().requests.contains(&ApiKey::EndTxn));
+    assert!(fake.requests_of(ApiKey::EndTxn).is_empty());
 }
 
 /// Finding 3: a send that passed the state check before `commit` began but had not yet queued
@@ -207,11 +218,13 @@ async fn send_racing_commit_never_lands_in_the_next_transaction() {
 async fn send_racing_end(prepare_first: bool) {
     let (fake, p) = open_transaction(2).await;
     let p = Arc::new(p);
+    // Created now, so that the producer has not seen its metadata yet.
+    fake.add_topic("slow", &[1, 1]);
     let slow_seen = Arc::new(tokio::sync::Notify::new());
     let notify = Arc::clone(&slow_seen);
-    fake.on(ApiKey::Metadata, move |_, request| {
-        let RequestKind::Metadata(m) = request else {
-            return Reply::Default;
+    fake.control(ApiKey::Metadata, true, move |seen, _| {
+        let RequestKind::Metadata(m) = &seen.body else {
+            return None;
         };
         let slow = m
             .topics
@@ -220,9 +233,9 @@ async fn send_racing_end(prepare_first: bool) {
             .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "slow"));
         if slow {
             notify.notify_one();
-            Reply::DelayThenDefault(Duration::from_millis(250))
+            Some(Action::DelayMs(250))
         } else {
-            Reply::Default
+            None
         }
     });
     let sender = Arc::clone(&p);
@@ -240,32 +253,31 @@ async fn send_racing_end(prepare_first: bool) {
         // (acknowledged) or was refused; nothing waits for the commit.
         let racing = racing.await.unwrap();
         assert!(
-            racing.is_ok() || fake.lock().batches.iter().all(|b| b.0 != "slow"),
+            racing.is_ok() || fake.batches().iter().all(|b| b.0 != "slow"),
             "{racing:?}"
         );
         assert_eq!(p.commit().await.expect("commit"), TxnOutcome::Committed);
-        let s = fake.lock();
-        assert_eq!(s.txn_state, "CompleteCommit");
-        assert!(s.batches.iter().all(|b| b.2 == 0), "{:?}", s.batches);
+        let batches = fake.batches();
+        assert_eq!(fake.txn("fake-txn").state, "CompleteCommit");
+        assert!(batches.iter().all(|b| b.2 == 0), "{batches:?}");
         return;
     }
     let committed = p.commit().await.expect("commit");
     assert_eq!(committed, TxnOutcome::Committed);
     let racing = racing.await.unwrap();
-    let s = fake.lock();
+    let (txn, batches) = (fake.txn("fake-txn"), fake.batches());
     match racing {
         // Acknowledged: it must have been part of the committed transaction.
         Ok(_) => {
-            assert_eq!(s.txn_state, "CompleteCommit", "batches {:?}", s.batches);
+            assert_eq!(txn.state, "CompleteCommit", "batches {batches:?}");
             assert!(
-                s.batches.iter().all(|b| b.2 == 0),
-                "every batch written with the committed epoch: {:?}",
-                s.batches
+                batches.iter().all(|b| b.2 == 0),
+                "every batch written with the committed epoch: {batches:?}"
             );
         }
         // Or refused clearly, and then never written.
         Err(e) => {
-            assert!(s.batches.iter().all(|b| b.0 != "slow"), "{e}");
+            assert!(batches.iter().all(|b| b.0 != "slow"), "{e}");
         }
     }
 }
@@ -276,9 +288,7 @@ async fn send_racing_end(prepare_first: bool) {
 async fn state_metrics_and_send_do_not_wait_for_a_running_commit() {
     let (fake, p) = open_transaction(2).await;
     let p = Arc::new(p);
-    let end_txn_seen = on_end_txn(&fake, |_| {
-        Reply::DelayThenDefault(Duration::from_millis(300))
-    });
+    let end_txn_seen = on_end_txn(&fake, |_| Some(Action::DelayMs(300)));
     let committer = Arc::clone(&p);
     let commit = tokio::spawn(async move { committer.commit().await });
     end_txn_seen.notified().await;
@@ -302,7 +312,7 @@ async fn state_metrics_and_send_do_not_wait_for_a_running_commit() {
 /// once (AddPartitionsToTxn), and its records commit.
 #[tokio::test]
 async fn version_1_adds_a_partition_once_for_concurrent_sends() {
-    let fake = FakeCluster::start(1).await;
+    let fake = fake_at(1).await;
     let p = producer(&fake).await;
     assert_eq!(p.transaction_version(), 1);
     p.begin().await.unwrap();
@@ -311,15 +321,11 @@ async fn version_1_adds_a_partition_once_for_concurrent_sends() {
     a.unwrap();
     b.unwrap();
     assert_eq!(p.commit().await.unwrap(), TxnOutcome::Committed);
-    let s = fake.lock();
-    let adds = s
-        .requests
-        .iter()
-        .filter(|k| **k == ApiKey::AddPartitionsToTxn)
-        .count();
+    let adds = fake.requests_of(ApiKey::AddPartitionsToTxn).len();
     assert_eq!(adds, 1);
+    let s = fake.txn("fake-txn");
     assert_eq!(s.end_txns, vec![(0, true)]);
-    assert_eq!(s.txn_state, "CompleteCommit");
+    assert_eq!(s.state, "CompleteCommit");
 }
 
 /// Cancel safety of `commit`: dropped while EndTxn is on its way, the producer stays in
@@ -329,8 +335,8 @@ async fn version_1_adds_a_partition_once_for_concurrent_sends() {
 async fn commit_cancelled_during_end_txn_is_finished_by_calling_it_again() {
     let (fake, p) = open_transaction(2).await;
     let end_txn_seen = on_end_txn(&fake, |attempt| match attempt {
-        0 => Reply::DelayThenDefault(Duration::from_millis(300)),
-        _ => Reply::Default,
+        0 => Some(Action::DelayMs(300)),
+        _ => None,
     });
     // Drop the commit once its EndTxn has reached the coordinator (its answer is delayed).
     tokio::select! {
@@ -352,9 +358,8 @@ async fn commit_cancelled_during_end_txn_is_finished_by_calling_it_again() {
     p.begin().await.unwrap();
     send(&p, "b").await;
     p.commit().await.expect("next transaction");
-    let s = fake.lock();
-    assert_eq!(s.end_txns, vec![(0, true), (1, true)]);
-    assert!(s.batches.iter().all(|b| b.0 != "late"));
+    assert_eq!(fake.txn("fake-txn").end_txns, vec![(0, true), (1, true)]);
+    assert!(fake.batches().iter().all(|b| b.0 != "late"));
 }
 
 /// EndTxn answered CONCURRENT_TRANSACTIONS (the previous transaction's markers still being
@@ -365,8 +370,8 @@ async fn end_txn_refused_as_concurrent_is_retried_until_taken() {
     let (fake, p) = open_transaction(2).await;
     on_end_txn(&fake, |attempt| match attempt {
         0..=2 => end_txn_error(crate::protocol::error_codes::codes::CONCURRENT_TRANSACTIONS),
-        _ => Reply::Default,
+        _ => None,
     });
     assert_eq!(p.commit().await.expect("commit"), TxnOutcome::Committed);
-    assert_eq!(fake.lock().end_txns, vec![(0, true)]);
+    assert_eq!(fake.txn("fake-txn").end_txns, vec![(0, true)]);
 }

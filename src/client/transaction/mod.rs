@@ -42,8 +42,9 @@
 //! record and transitions, `coordinator` the coordinator lookup and retried call loop
 //! (DescribeTransactions, EndTxn, the broker-config check), `prepared` the EndTxn outcome logic
 //! and [`commit_prepared`]/[`abort_prepared`], `settle` the wait of a transaction's first write
-//! for the previous transaction's markers (a lost race costs 20 ms). `fake_cluster` (tests only)
-//! is a scripted one-node cluster for the paths a real broker cannot be made to take.
+//! for the previous transaction's markers (a lost race costs 20 ms). `fake_tests` and
+//! `prepared_fake_tests` drive the producer through the client's scripted fake cluster
+//! ([`crate::client::fake_cluster`], tests only) on the paths a real broker cannot be made to take.
 
 mod coordinator;
 mod marker;
@@ -346,8 +347,6 @@ impl Serialize for CoordinatorState {
     }
 }
 
-#[cfg(test)]
-mod fake_cluster;
 #[cfg(test)]
 mod fake_tests;
 #[cfg(test)]

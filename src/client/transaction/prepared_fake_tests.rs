@@ -3,20 +3,25 @@
 //! answered at all. The fake keeps a partition log with transaction markers, so the outcome is
 //! read from it as from a real broker's.
 
-use std::time::Duration;
-
 use kafka_protocol::messages::ApiKey;
 
-use super::fake_cluster::{FakeCluster, Reply};
 use super::{commit_prepared, PreparedTxn, TransactionConfig, TransactionalProducer, TxnOutcome};
+use crate::client::fake_cluster::{Action, FakeCluster};
 use crate::client::producer::ProducerRecord;
 use crate::client::{Client, ClientConfig, ClientError};
 
 async fn client(fake: &FakeCluster) -> Client {
-    let mut config = ClientConfig::new(&fake.addr);
+    let mut config = ClientConfig::new(&fake.addr(1));
     config.connection.request_timeout_ms = 300;
     config.retry.deadline_ms = 2_000;
     Client::connect(config).await.expect("connect to the fake")
+}
+
+/// A one-node fake cluster at transactions version 2 with topic "t" of two partitions.
+async fn start() -> FakeCluster {
+    let fake = FakeCluster::start(1).await;
+    fake.add_topic("t", &[1, 1]);
+    fake
 }
 
 /// A transaction with two records on t/0, prepared and left open.
@@ -41,16 +46,16 @@ async fn prepared(fake: &FakeCluster) -> PreparedTxn {
 /// EndTxn applied, every answer lost: the commit marker in the log says it committed.
 #[tokio::test]
 async fn a_commit_whose_answers_were_lost_is_read_from_its_marker() {
-    let fake = FakeCluster::start(2).await;
+    let fake = start().await;
     let prepared = prepared(&fake).await;
     assert_eq!(prepared.partitions.len(), 1, "{prepared:?}");
     assert_eq!(prepared.partitions[0].last_batch_offset, 1);
-    fake.on(ApiKey::EndTxn, |_, _| Reply::ApplyAndDrop);
+    fake.control(ApiKey::EndTxn, true, |_, _| Some(Action::DropResponse));
     let outcome = commit_prepared(&client(&fake).await, &prepared, 3_000)
         .await
         .expect("the marker shows the commit");
     assert_eq!(outcome, TxnOutcome::Committed);
-    assert_eq!(fake.lock().end_txns, vec![(0, true)]);
+    assert_eq!(fake.txn("fake-txn").end_txns, vec![(0, true)]);
 }
 
 /// EndTxn never answered and never applied: the log shows the transaction open and the
@@ -58,11 +63,9 @@ async fn a_commit_whose_answers_were_lost_is_read_from_its_marker() {
 /// abort and never "lost".
 #[tokio::test]
 async fn a_commit_never_answered_is_unknown_and_nothing_is_aborted() {
-    let fake = FakeCluster::start(2).await;
+    let fake = start().await;
     let prepared = prepared(&fake).await;
-    fake.on(ApiKey::EndTxn, |_, _| {
-        Reply::DelayThenDefault(Duration::from_secs(60))
-    });
+    fake.control(ApiKey::EndTxn, true, |_, _| Some(Action::DelayMs(60_000)));
     let err = commit_prepared(&client(&fake).await, &prepared, 2_000)
         .await
         .expect_err("no answer");
@@ -70,7 +73,7 @@ async fn a_commit_never_answered_is_unknown_and_nothing_is_aborted() {
         matches!(err, ClientError::CommitOutcomeUnknown { .. }),
         "expected CommitOutcomeUnknown, got {err:?}"
     );
-    let state = fake.lock();
+    let state = fake.txn("fake-txn");
     assert!(state.end_txns.is_empty(), "{:?}", state.end_txns);
-    assert_eq!(state.txn_state, "Ongoing");
+    assert_eq!(state.state, "Ongoing");
 }

@@ -229,15 +229,24 @@ mod tests {
 
     use kafka_protocol::messages::ApiKey;
 
-    use super::super::fake_cluster::{FakeCluster, Reply};
     use super::super::{TransactionConfig, TransactionalProducer, TxnOutcome};
     use super::*;
+    use crate::client::fake_cluster::FakeCluster;
     use crate::client::producer::ProducerRecord;
     use crate::client::{Client, ClientConfig};
 
+    /// A one-node fake cluster at transactions version `txn_version` with topic "t" of two
+    /// partitions.
+    async fn fake_at(txn_version: i16) -> FakeCluster {
+        let fake = FakeCluster::start(1).await;
+        fake.set_transaction_version(txn_version);
+        fake.add_topic("t", &[1, 1]);
+        fake
+    }
+
     /// A producer on the fake whose every transaction asks (a window far longer than the test).
     async fn producer(fake: &FakeCluster) -> TransactionalProducer {
-        let mut config = ClientConfig::new(&fake.addr);
+        let mut config = ClientConfig::new(&fake.addr(1));
         config.connection.request_timeout_ms = 500;
         config.retry.deadline_ms = 2_000;
         let client = Client::connect(config).await.expect("connect to the fake");
@@ -266,28 +275,29 @@ mod tests {
     fn markers_pending_for(fake: &FakeCluster, probes: u32) -> Arc<AtomicU32> {
         let left = Arc::new(AtomicU32::new(0));
         let on_end = Arc::clone(&left);
-        fake.on(ApiKey::EndTxn, move |_, _| {
+        fake.control(ApiKey::EndTxn, true, move |_, _| {
             on_end.store(probes, Ordering::SeqCst);
-            Reply::Default
+            None
         });
         let on_describe = Arc::clone(&left);
-        fake.on(ApiKey::DescribeTransactions, move |s, _| {
+        fake.control(ApiKey::DescribeTransactions, true, move |_, s| {
             let ending = on_describe
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
-            s.txn_state = match (ending, s.txn_state) {
-                (true, _) => "PrepareCommit",
-                (false, "PrepareCommit") => "CompleteCommit",
-                (false, other) => other,
+            let txn = s.txns.get_mut("fake-settle").expect("initialized");
+            txn.state = match (ending, txn.state.as_str()) {
+                (true, _) => "PrepareCommit".into(),
+                (false, "PrepareCommit") => "CompleteCommit".into(),
+                (false, other) => other.into(),
             };
-            Reply::Default
+            None
         });
         left
     }
 
     /// The requests the fake received after the first EndTxn, up to the next one.
     fn between_end_txns(fake: &FakeCluster) -> Vec<ApiKey> {
-        let requests = fake.lock().requests.clone();
+        let requests: Vec<ApiKey> = fake.requests().iter().map(|r| r.key).collect();
         let first = requests.iter().position(|k| *k == ApiKey::EndTxn).unwrap();
         requests[first + 1..]
             .iter()
@@ -301,7 +311,7 @@ mod tests {
     /// coordinator stopped reporting PrepareCommit (a real partition leader would park it).
     #[tokio::test]
     async fn first_produce_waits_until_the_markers_are_written() {
-        let fake = FakeCluster::start(2).await;
+        let fake = fake_at(2).await;
         markers_pending_for(&fake, 3);
         let p = producer(&fake).await;
         transaction(&p, "a").await;
@@ -314,14 +324,14 @@ mod tests {
         );
         let m = p.metrics().await;
         assert_eq!((m.settle_probes, m.settle_waits), (4, 1));
-        assert_eq!(fake.lock().batches.len(), 2);
+        assert_eq!(fake.batches().len(), 2);
     }
 
     /// Transactions version 1: AddPartitionsToTxn waits the same way (the coordinator would
     /// answer CONCURRENT_TRANSACTIONS, and we would back off 20 ms).
     #[tokio::test]
     async fn version_1_add_partitions_waits_until_the_markers_are_written() {
-        let fake = FakeCluster::start(1).await;
+        let fake = fake_at(1).await;
         markers_pending_for(&fake, 2);
         let p = producer(&fake).await;
         transaction(&p, "a").await;
@@ -337,7 +347,7 @@ mod tests {
     /// only delays the write, which then goes ahead and commits.
     #[tokio::test]
     async fn a_coordinator_that_never_settles_only_delays_the_write() {
-        let fake = FakeCluster::start(2).await;
+        let fake = fake_at(2).await;
         markers_pending_for(&fake, u32::MAX);
         let p = producer(&fake).await;
         transaction(&p, "a").await;
@@ -351,7 +361,7 @@ mod tests {
                 && after.len() > 2,
             "{after:?}"
         );
-        assert_eq!(fake.lock().batches.len(), 2);
+        assert_eq!(fake.batches().len(), 2);
         assert_eq!(p.metrics().await.commits, 2);
     }
 
