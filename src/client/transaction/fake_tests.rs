@@ -15,7 +15,7 @@ use crate::client::{Client, ClientConfig, ClientError};
 
 /// A one-node fake cluster at transactions version `txn_version`, with topic "t" of two
 /// partitions.
-async fn fake_at(txn_version: i16) -> FakeCluster {
+pub(super) async fn fake_at(txn_version: i16) -> FakeCluster {
     let fake = FakeCluster::start(1).await;
     fake.set_transaction_version(txn_version);
     fake.add_topic("t", &[1, 1]);
@@ -23,13 +23,23 @@ async fn fake_at(txn_version: i16) -> FakeCluster {
 }
 
 async fn producer(fake: &FakeCluster) -> TransactionalProducer {
+    producer_with(fake, "fake-txn", |_| {}).await
+}
+
+/// A transactional producer on `fake` with short timeouts, linger 0, and `tweak` applied.
+pub(super) async fn producer_with(
+    fake: &FakeCluster,
+    transactional_id: &str,
+    tweak: impl FnOnce(&mut TransactionConfig),
+) -> TransactionalProducer {
     let mut config = ClientConfig::new(&fake.addr(1));
     config.connection.request_timeout_ms = 500;
     config.retry.deadline_ms = 2_000;
     let client = Client::connect(config).await.expect("connect to the fake");
-    let mut txn = TransactionConfig::new("fake-txn");
+    let mut txn = TransactionConfig::new(transactional_id);
     txn.coordinator_deadline_ms = 1_500;
     txn.producer.linger_ms = 0;
+    tweak(&mut txn);
     TransactionalProducer::init(client, txn)
         .await
         .expect("init against the fake")

@@ -229,34 +229,15 @@ mod tests {
 
     use kafka_protocol::messages::ApiKey;
 
-    use super::super::{TransactionConfig, TransactionalProducer, TxnOutcome};
+    use super::super::fake_tests::{fake_at, producer_with};
+    use super::super::{TransactionalProducer, TxnOutcome};
     use super::*;
     use crate::client::fake_cluster::FakeCluster;
     use crate::client::producer::ProducerRecord;
-    use crate::client::{Client, ClientConfig};
-
-    /// A one-node fake cluster at transactions version `txn_version` with topic "t" of two
-    /// partitions.
-    async fn fake_at(txn_version: i16) -> FakeCluster {
-        let fake = FakeCluster::start(1).await;
-        fake.set_transaction_version(txn_version);
-        fake.add_topic("t", &[1, 1]);
-        fake
-    }
 
     /// A producer on the fake whose every transaction asks (a window far longer than the test).
     async fn producer(fake: &FakeCluster) -> TransactionalProducer {
-        let mut config = ClientConfig::new(&fake.addr(1));
-        config.connection.request_timeout_ms = 500;
-        config.retry.deadline_ms = 2_000;
-        let client = Client::connect(config).await.expect("connect to the fake");
-        let mut txn = TransactionConfig::new("fake-settle");
-        txn.coordinator_deadline_ms = 1_500;
-        txn.producer.linger_ms = 0;
-        txn.settle_window_ms = 3_600_000;
-        TransactionalProducer::init(client, txn)
-            .await
-            .expect("init against the fake")
+        producer_with(fake, "fake-settle", |txn| txn.settle_window_ms = 3_600_000).await
     }
 
     /// One transaction with one record, committed.
