@@ -13,7 +13,7 @@ use exactly::client::transaction::{
 };
 use exactly::client::Client;
 
-use crate::common::{brokers, create_topic, kafka_tool, read_all, settle, unique_topic};
+use crate::common::{create_topic, group_offset, read_all, settle, unique_topic};
 
 const TRANSACTIONS: usize = 30;
 const PARTITIONS: i32 = 3;
@@ -98,35 +98,14 @@ pub async fn back_to_back_transactions(client: &Client, label: &str) {
     let written: usize = committed.iter().map(Vec::len).sum::<usize>() + aborted;
     assert_eq!(total, written, "every record was written once");
 
-    let g = group.clone();
-    let described = tokio::task::spawn_blocking(move || {
-        kafka_tool(
-            &[
-                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-                "--bootstrap-server",
-                brokers(),
-                "--describe",
-                "--group",
-                &g,
-            ],
-            None,
-        )
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8(described).unwrap();
-    let row = text
-        .lines()
-        .find(|l| l.contains(&topic))
-        .unwrap_or_else(|| panic!("no offsets for {topic}: {text}"));
-    let columns: Vec<&str> = row.split_whitespace().collect();
+    let (offset, text) = group_offset(&group, &topic).await;
     let want = last_committed_offset
         .expect("some transaction committed offsets")
         .to_string();
     // GROUP TOPIC PARTITION CURRENT-OFFSET ...
     assert_eq!(
-        columns.get(3),
-        Some(&want.as_str()),
+        offset.as_deref(),
+        Some(want.as_str()),
         "the offsets of the last committed transaction that wrote any: {text}"
     );
 }

@@ -97,6 +97,35 @@ pub async fn create_topic(client: &Client, prefix: &str, partitions: i32) -> Str
 }
 
 /// Runs one of Kafka's Java tools (see `scripts/kafka tool`) and returns its stdout.
+/// The committed offset of `group` on partition 0 of `topic`, as Kafka's own consumer-group tool
+/// reports it (`--describe`: GROUP TOPIC PARTITION CURRENT-OFFSET ...), with the tool's output
+/// for assertion messages.
+pub async fn group_offset(group: &str, topic: &str) -> (Option<String>, String) {
+    let g = group.to_owned();
+    let described = tokio::task::spawn_blocking(move || {
+        kafka_tool(
+            &[
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                "--bootstrap-server",
+                brokers(),
+                "--describe",
+                "--group",
+                &g,
+            ],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(described).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.contains(topic))
+        .unwrap_or_else(|| panic!("no offsets for {topic}: {text}"));
+    let offset = row.split_whitespace().nth(3).map(str::to_owned);
+    (offset, text)
+}
+
 pub fn kafka_tool(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
     use std::io::Write;
     let mut cmd = Command::new("bash");

@@ -14,7 +14,8 @@ use exactly::client::{Client, ClientError};
 
 use crate::common::read_all;
 use crate::common::{
-    brokers, client, create_topic, exactly_bin, kafka_tool, lso_and_hw, settle, unique_topic,
+    brokers, client, create_topic, exactly_bin, group_offset, kafka_tool, lso_and_hw, settle,
+    unique_topic,
 };
 
 async fn values(
@@ -513,30 +514,9 @@ async fn offsets_sent_in_a_transaction_commit_with_it() {
     producer.commit().await.unwrap();
     settle(&client, &output, 1).await;
 
-    let g = group.clone();
-    let described = tokio::task::spawn_blocking(move || {
-        kafka_tool(
-            &[
-                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-                "--bootstrap-server",
-                brokers(),
-                "--describe",
-                "--group",
-                &g,
-            ],
-            None,
-        )
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8(described).unwrap();
-    let row = text
-        .lines()
-        .find(|l| l.contains(&input))
-        .unwrap_or_else(|| panic!("no offsets for {input}: {text}"));
-    let columns: Vec<&str> = row.split_whitespace().collect();
+    let (offset, text) = group_offset(&group, &input).await;
     // GROUP TOPIC PARTITION CURRENT-OFFSET ...
-    assert_eq!(columns.get(3), Some(&"42"), "committed offset: {text}");
+    assert_eq!(offset.as_deref(), Some("42"), "committed offset: {text}");
 }
 
 /// A transaction with nothing in it (a checkpoint with no data) commits and aborts cleanly.
