@@ -126,6 +126,24 @@ pub async fn group_offset(group: &str, topic: &str) -> (Option<String>, String) 
     (offset, text)
 }
 
+/// Waits (bounded, 30 s) until the coordinator has aborted `transactional_id`'s transaction on
+/// timeout; fails with `message` otherwise.
+pub async fn wait_for_timeout_abort(client: &Client, transactional_id: &str, message: &str) {
+    use exactly::client::transaction::{describe_transaction, CoordinatorState};
+    let mut state = CoordinatorState::Empty;
+    for _ in 0..300 {
+        state = describe_transaction(client, transactional_id)
+            .await
+            .unwrap()
+            .state;
+        if state == CoordinatorState::CompleteAbort {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, CoordinatorState::CompleteAbort, "{message}");
+}
+
 pub fn kafka_tool(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
     use std::io::Write;
     let mut cmd = Command::new("bash");

@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use exactly::client::admin::{Admin, Isolation};
 use exactly::client::producer::ProducerRecord;
@@ -16,7 +15,10 @@ use exactly::client::transaction::{
 };
 use exactly::client::{Client, ClientError};
 
-use crate::common::{brokers, client, create_topic, exactly_bin, read_all, settle, unique_topic};
+use crate::common::{
+    brokers, client, create_topic, exactly_bin, read_all, settle, unique_topic,
+    wait_for_timeout_abort,
+};
 
 async fn visible(client: &Client, topic: &str) -> Vec<String> {
     let mut out: Vec<String> = read_all(client, topic, 0, Isolation::ReadCommitted)
@@ -219,19 +221,7 @@ async fn a_transaction_aborted_on_timeout_is_reported_aborted_after_the_id_moved
     let prepared_a = first.prepare().await.unwrap();
     drop(first);
     // Wait (bounded) for the coordinator to abort it on timeout.
-    let mut state = CoordinatorState::Empty;
-    for _ in 0..300 {
-        state = describe_transaction(&client, &id).await.unwrap().state;
-        if state == CoordinatorState::CompleteAbort {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        state,
-        CoordinatorState::CompleteAbort,
-        "the broker did not abort A on timeout"
-    );
+    wait_for_timeout_abort(&client, &id, "the broker did not abort A on timeout").await;
 
     let second = TransactionalProducer::init(client.clone(), TransactionConfig::new(&id))
         .await

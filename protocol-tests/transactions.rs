@@ -7,15 +7,13 @@ use std::time::Duration;
 
 use exactly::client::admin::Isolation;
 use exactly::client::producer::ProducerRecord;
-use exactly::client::transaction::{
-    describe_transaction, CoordinatorState, TransactionConfig, TransactionalProducer, TxnOutcome,
-};
+use exactly::client::transaction::{TransactionConfig, TransactionalProducer, TxnOutcome};
 use exactly::client::{Client, ClientError};
 
 use crate::common::read_all;
 use crate::common::{
     brokers, client, create_topic, exactly_bin, group_offset, kafka_tool, lso_and_hw, settle,
-    unique_topic,
+    unique_topic, wait_for_timeout_abort,
 };
 
 async fn values(
@@ -369,19 +367,12 @@ async fn prepared_transaction_that_timed_out_is_reported_lost() {
     let (lso, hw) = lso_and_hw(&client, &topic, 0).await;
     assert!(lso < hw, "the open transaction holds the LSO back");
     // Wait (bounded) for the coordinator to abort it on timeout.
-    let mut state = CoordinatorState::Empty;
-    for _ in 0..300 {
-        state = describe_transaction(&client, &id).await.unwrap().state;
-        if state == CoordinatorState::CompleteAbort {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        state,
-        CoordinatorState::CompleteAbort,
-        "the broker did not abort the timed-out transaction"
-    );
+    wait_for_timeout_abort(
+        &client,
+        &id,
+        "the broker did not abort the timed-out transaction",
+    )
+    .await;
     let (ok, _, stderr) = txn_cli("commit", &file);
     assert!(
         !ok,
