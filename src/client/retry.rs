@@ -19,10 +19,9 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 
-use crate::connection::backoff::BackoffConfig;
+use crate::connection::backoff::{jittered_delay, BackoffConfig};
 
 /// An absolute point in time by which a retried operation (and everything it calls) must end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,13 +156,7 @@ where
 /// The sleep before attempt `attempt` (1 = the first retry): full jitter in the upper half of an
 /// exponentially growing ceiling, so retries spread out but never collapse to zero.
 pub fn backoff_delay(policy: &BackoffConfig, attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(20);
-    let ceiling = policy
-        .backoff_initial_ms
-        .saturating_mul(1u64 << exp)
-        .min(policy.backoff_max_ms)
-        .max(1);
-    Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
+    jittered_delay(policy, attempt.saturating_sub(1))
 }
 
 #[cfg(test)]

@@ -30,6 +30,18 @@ impl Default for BackoffConfig {
     }
 }
 
+/// The delay after `retries` earlier delays: drawn from the upper half of a ceiling that doubles
+/// from `backoff_initial_ms` up to `backoff_max_ms`, so retries spread out but never collapse to
+/// zero. The one jitter formula of the crate (`client::retry` uses it too).
+pub fn jittered_delay(config: &BackoffConfig, retries: u32) -> Duration {
+    let ceiling = config
+        .backoff_initial_ms
+        .saturating_mul(1u64 << retries.min(20))
+        .min(config.backoff_max_ms)
+        .max(1);
+    Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
+}
+
 /// One retry sequence.
 #[derive(Debug)]
 pub struct Backoff {
@@ -60,15 +72,8 @@ impl Backoff {
 
     /// The next delay, or `None` once the deadline would be passed.
     pub fn next_delay(&mut self) -> Option<Duration> {
-        let exp = self.attempts.min(20);
+        let delay = jittered_delay(&self.config, self.attempts);
         self.attempts = self.attempts.saturating_add(1);
-        let ceiling = self
-            .config
-            .backoff_initial_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.config.backoff_max_ms)
-            .max(1);
-        let delay = Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling));
         let now = Instant::now();
         if now >= self.deadline {
             return None;
