@@ -1,5 +1,21 @@
-//! The operator runtime: sources, keyed operators, event-time windows, aligned checkpoint
-//! barriers, keyed state snapshots and the two-phase-commit Kafka sink.
+//! The operator runtime: end-to-end exactly-once stream processing on the client.
 //!
-//! Not built yet: it stands on the transactional producer (see the issues). The module exists
-//! so that the layering is visible in the tree from the start.
+//! It is Flink's design — checkpoints by aligned barriers (Chandy–Lamport, see
+//! <https://arxiv.org/abs/1506.08603>), keyed state partitioned into key groups, source offsets
+//! kept in the checkpoint, and a two-phase-commit Kafka sink (KIP-98 transactions, prepared on
+//! the barrier and committed when the checkpoint is complete) — in one process, on tokio tasks.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`state`] | keyed state tables and timers per key group, rkyv snapshot files, the checkpoint store |
+//! | [`source`] | the Kafka source (offsets in the checkpoint), watermarks, in-memory source |
+//! | [`sink`] | the two-phase-commit Kafka sink, its recovery, the idempotent-sink trait |
+//!
+//! Everything here calls only [`crate::client`] below it.
+
+mod error;
+pub mod sink;
+pub mod source;
+pub mod state;
+
+pub use error::RuntimeError;
