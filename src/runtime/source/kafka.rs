@@ -402,7 +402,7 @@ impl KafkaSourceReader {
         let wanted: Vec<(TopicPartition, i64)> = self
             .splits
             .iter()
-            .filter(|s| s.buffer.is_empty() && !s.end_offset.is_some_and(|e| s.fetch_offset >= e))
+            .filter(|s| s.buffer.is_empty() && s.end_offset.is_none_or(|e| s.fetch_offset < e))
             .map(|s| (s.tp.clone(), s.fetch_offset))
             .collect();
         if wanted.is_empty() {
