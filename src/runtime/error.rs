@@ -55,4 +55,28 @@ pub enum RuntimeError {
     },
     // Helpers: add the variants your module needs below this line, in your own block with a
     // comment naming the module; the integrator merges the blocks.
+
+    // --- source (src/runtime/source) ---
+    /// A Kafka source's position is outside its partition's log: the records there were
+    /// deleted (retention, `DeleteRecords`) or the topic was re-created. Reading on would skip
+    /// or replay records, so the source stops unless told to reset
+    /// (`KafkaSourceConfig::offset_out_of_range`).
+    #[error(
+        "{topic}/{partition}: source position {offset} is outside the log, which holds offsets \
+         {log_start_offset}..{log_end_offset} (records deleted by retention, or the topic was \
+         re-created); set KafkaSourceConfig::offset_out_of_range to OffsetReset::Earliest to \
+         continue from the log start instead"
+    )]
+    SourceOffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The position the source tried to read at.
+        offset: i64,
+        /// The partition's log start offset now.
+        log_start_offset: i64,
+        /// The end of the partition's log now (under the source's isolation).
+        log_end_offset: i64,
+    },
 }
