@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::connector::{SinkFactory, SourceFactory};
 use crate::runtime::window::{Count, WindowResult, Windows};
-use crate::runtime::{job, Job, JobConfig, WatermarkStrategy};
+use crate::runtime::{job, Job, JobConfig, WatermarkConfig};
 
 /// One card transaction (the input's JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,7 +82,7 @@ pub fn build(
         .deserialize(|r| parse(r.record.value.as_deref()))
         .timestamps(
             |t: &CardTxn| t.ts,
-            WatermarkStrategy { out_of_orderness_ms: fraud.out_of_orderness_ms, idle_timeout_ms: fraud.idle_timeout_ms },
+            WatermarkConfig { out_of_orderness_ms: fraud.out_of_orderness_ms, idle_timeout_ms: Some(fraud.idle_timeout_ms as i64) },
         )
         .key_by(|t: &CardTxn| t.user_id)
         .window(Windows::tumbling(fraud.window_ms))

@@ -13,49 +13,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::RuntimeError;
+use super::source::{SourcePoll, SourceRecord, SplitOffset};
 use crate::client::types::{Record, RecordHeader};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// One record read by a source, with the split (partition) it came from.
-#[derive(Debug, Clone)]
-pub struct RawRecord {
-    /// Index of the split within the reading subtask's splits (for per-split watermarks).
-    pub split: u32,
-    /// The record.
-    pub record: Record,
-}
-
-/// The position of one split: what a checkpoint stores for the source.
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
-pub struct SplitPosition {
-    /// The split ("topic/partition" for Kafka).
-    pub split: String,
-    /// The next offset to read.
-    pub next_offset: i64,
-}
-
-/// What a poll of a source returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Polled {
-    /// Records were appended (possibly none if they were all filtered).
-    Records,
-    /// Nothing to read right now.
-    Idle,
-    /// A bounded source reached its end.
-    End,
-}
 
 /// One source subtask's reader.
 pub trait SourceReader: Send + 'static {
@@ -64,14 +26,14 @@ pub trait SourceReader: Send + 'static {
     /// # Cancel safety
     /// Implementations must be cancel safe: the task polls it in a `select!` with checkpoint
     /// triggers, and a dropped poll must lose and duplicate nothing.
-    fn poll<'a>(&'a mut self, out: &'a mut Vec<RawRecord>) -> BoxFuture<'a, Result<Polled, RuntimeError>>;
-    /// How many splits this reader reads (split indexes in [`RawRecord`] are below it).
+    fn poll<'a>(&'a mut self, out: &'a mut Vec<SourceRecord>) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>>;
+    /// How many splits this reader reads (split indexes in [`SourceRecord`] are below it).
     fn split_count(&self) -> usize;
     /// The position after the last record handed out, per split.
-    fn positions(&self) -> Vec<SplitPosition>;
+    fn positions(&self) -> Vec<SplitOffset>;
     /// A checkpoint holding `positions` is complete (e.g. commit them to a group for lag
     /// monitoring). The default does nothing.
-    fn checkpoint_complete(&mut self, _positions: Vec<SplitPosition>) -> BoxFuture<'_, Result<(), RuntimeError>> {
+    fn checkpoint_complete(&mut self, _positions: Vec<SplitOffset>) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -84,7 +46,7 @@ pub trait SourceFactory: Send + Sync + 'static {
         &self,
         subtask: usize,
         parallelism: usize,
-        restored: Vec<SplitPosition>,
+        restored: Vec<SplitOffset>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>>;
 }
 
@@ -155,6 +117,9 @@ pub trait SinkFactory: Send + Sync + 'static {
     fn create(&self, subtask: usize, parallelism: usize) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>>;
 }
 
+/// The topic name of the in-memory source's splits (partition i is split i).
+pub const MEMORY_TOPIC: &str = "memory";
+
 /// An in-memory source: `splits` fixed vectors of records, read in batches, bounded.
 #[derive(Debug, Clone)]
 pub struct MemorySource {
@@ -163,7 +128,7 @@ pub struct MemorySource {
 }
 
 impl MemorySource {
-    /// A source over `splits` (split i is "memory/i"), handing out `batch` records per poll.
+    /// A source over `splits` (split i is partition i of [`MEMORY_TOPIC`]), handing out `batch` records per poll.
     pub fn new(splits: Vec<Vec<Record>>, batch: usize) -> Self {
         Self { splits: Arc::new(splits), batch: batch.max(1) }
     }
@@ -181,13 +146,15 @@ impl SourceFactory for MemorySource {
         &self,
         subtask: usize,
         parallelism: usize,
-        restored: Vec<SplitPosition>,
+        restored: Vec<SplitOffset>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>> {
         let mine = (0..self.splits.len())
             .filter(|s| s % parallelism == subtask)
             .map(|s| {
-                let name = format!("memory/{s}");
-                let at = restored.iter().find(|p| p.split == name).map_or(0, |p| p.next_offset as usize);
+                let at = restored
+                    .iter()
+                    .find(|p| p.topic == MEMORY_TOPIC && p.partition == s as i32)
+                    .map_or(0, |p| p.next_offset as usize);
                 (s, at)
             })
             .collect();
@@ -197,7 +164,7 @@ impl SourceFactory for MemorySource {
 }
 
 impl SourceReader for MemoryReader {
-    fn poll<'a>(&'a mut self, out: &'a mut Vec<RawRecord>) -> BoxFuture<'a, Result<Polled, RuntimeError>> {
+    fn poll<'a>(&'a mut self, out: &'a mut Vec<SourceRecord>) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>> {
         // Synchronous, so trivially cancel safe: nothing happens before the future is polled.
         Box::pin(async move {
             for _ in 0..self.mine.len() {
@@ -207,21 +174,27 @@ impl SourceReader for MemoryReader {
                 let split = &self.splits[s];
                 if at < split.len() {
                     let end = (at + self.batch).min(split.len());
-                    out.extend(split[at..end].iter().map(|r| RawRecord { split: i as u32, record: r.clone() }));
+                    let topic: Arc<str> = Arc::from(MEMORY_TOPIC);
+                    out.extend(split[at..end].iter().map(|r| SourceRecord {
+                        split: i,
+                        topic: topic.clone(),
+                        partition: s as i32,
+                        record: r.clone(),
+                    }));
                     self.mine[i].1 = end;
-                    return Ok(Polled::Records);
+                    return Ok(SourcePoll::Records);
                 }
             }
-            Ok(Polled::End)
+            Ok(SourcePoll::End)
         })
     }
     fn split_count(&self) -> usize {
         self.mine.len()
     }
-    fn positions(&self) -> Vec<SplitPosition> {
+    fn positions(&self) -> Vec<SplitOffset> {
         self.mine
             .iter()
-            .map(|(s, at)| SplitPosition { split: format!("memory/{s}"), next_offset: *at as i64 })
+            .map(|(s, at)| SplitOffset { topic: MEMORY_TOPIC.into(), partition: *s as i32, next_offset: *at as i64 })
             .collect()
     }
 }

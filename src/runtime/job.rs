@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::connector::{OutputRecord, RawRecord, SinkFactory, SourceFactory, Target};
+use super::connector::{OutputRecord, SinkFactory, SourceFactory, Target};
+use super::source::{SourceRecord, WatermarkConfig};
 use super::metrics::Registry;
 use super::operator::{KeyedOperatorFactory, KeyedProcessFunction, ProcessOperator};
 use super::shim::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
@@ -112,33 +113,24 @@ impl JobConfig {
 /// A chained stage: takes one input, emits any number of outputs, may emit side records.
 pub(crate) type Chain<A, B> = Arc<dyn Fn(A, &mut dyn FnMut(B), &mut Vec<OutputRecord>) + Send + Sync>;
 
-/// Bounded out-of-orderness watermarks with idleness (see `source::watermark`).
-#[derive(Debug, Clone, Copy)]
-pub struct WatermarkStrategy {
-    /// How far event time may go backwards within a split.
-    pub out_of_orderness_ms: i64,
-    /// A split without records for this long is left out of the watermark.
-    pub idle_timeout_ms: u64,
-}
-
 /// The stream before `key_by`: runs in the source subtasks.
 pub struct Stream<T> {
     pub(crate) config: JobConfig,
     pub(crate) source: Arc<dyn SourceFactory>,
-    pub(crate) chain: Chain<RawRecord, T>,
+    pub(crate) chain: Chain<SourceRecord, T>,
 }
 
 /// Starts a job.
-pub fn job(config: JobConfig, source: impl SourceFactory) -> Stream<RawRecord> {
+pub fn job(config: JobConfig, source: impl SourceFactory) -> Stream<SourceRecord> {
     Stream { config, source: Arc::new(source), chain: Arc::new(|r, emit, _side| emit(r)) }
 }
 
-impl Stream<RawRecord> {
+impl Stream<SourceRecord> {
     /// Decodes raw records; a record `f` rejects goes to the dead-letter output with the reason
     /// in the [`DEAD_LETTER_REASON_HEADER`] header — never dropped silently.
     pub fn deserialize<U: 'static>(
         self,
-        f: impl Fn(&RawRecord) -> Result<U, String> + Send + Sync + 'static,
+        f: impl Fn(&SourceRecord) -> Result<U, String> + Send + Sync + 'static,
     ) -> Stream<U> {
         let prev = self.chain;
         Stream {
@@ -146,7 +138,7 @@ impl Stream<RawRecord> {
             source: self.source,
             chain: Arc::new(move |a, emit, side| {
                 let mut dead = Vec::new();
-                prev(a, &mut |r: RawRecord| match f(&r) {
+                prev(a, &mut |r: SourceRecord| match f(&r) {
                     Ok(u) => emit(u),
                     Err(reason) => {
                         let mut headers = r.record.headers.clone();
@@ -185,7 +177,7 @@ impl<T: 'static> Stream<T> {
 
     /// Event time of each record and the watermark strategy (per source split, combined by
     /// minimum).
-    pub fn timestamps(self, f: impl Fn(&T) -> i64 + Send + Sync + 'static, strategy: WatermarkStrategy) -> Timestamped<T> {
+    pub fn timestamps(self, f: impl Fn(&T) -> i64 + Send + Sync + 'static, strategy: WatermarkConfig) -> Timestamped<T> {
         Timestamped { stream: self, timestamp: Arc::new(f), strategy }
     }
 }
@@ -194,7 +186,7 @@ impl<T: 'static> Stream<T> {
 pub struct Timestamped<T> {
     pub(crate) stream: Stream<T>,
     pub(crate) timestamp: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
-    pub(crate) strategy: WatermarkStrategy,
+    pub(crate) strategy: WatermarkConfig,
 }
 
 impl<T: Send + 'static> Timestamped<T> {

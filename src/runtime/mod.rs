@@ -28,5 +28,6 @@ mod task;
 pub mod window;
 
 pub use error::RuntimeError;
-pub use job::{job, CheckpointConfig, Job, JobConfig, WatermarkStrategy};
+pub use job::{job, CheckpointConfig, Job, JobConfig};
+pub use source::WatermarkConfig;
 pub use run::JobReport;

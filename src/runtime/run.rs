@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
-use super::connector::{SinkRecovery, SplitPosition};
+use super::connector::SinkRecovery;
+use super::source::SplitOffset;
 use super::fault;
 use super::job::Job;
 use super::operator::{KeyedOperatorFactory, Section};
@@ -40,7 +41,7 @@ const SOURCES_FILE: &str = "sources";
 
 struct Restored {
     id: u64,
-    positions: Vec<SplitPosition>,
+    positions: Vec<SplitOffset>,
     sections: Vec<Section>,
     committables: Vec<Vec<u8>>,
     properties: BTreeMap<String, String>,
@@ -218,7 +219,7 @@ struct Pending {
     id: u64,
     started: Instant,
     source_acks: usize,
-    positions: Vec<SplitPosition>,
+    positions: Vec<SplitOffset>,
     files: Vec<String>,
     bytes: u64,
 }

@@ -16,9 +16,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc::{Receiver, Sender};
 
-use super::connector::{OutputRecord, Polled, RawRecord, SinkWriter, SourceReader, SplitPosition, Target};
+use super::connector::{OutputRecord, SinkWriter, SourceReader, Target};
+use super::source::{SourcePoll, SourceRecord, SplitOffset, WatermarkConfig, WatermarkGenerator, WatermarkStatus};
 use super::fault;
-use super::job::{Chain, WatermarkStrategy};
+use super::job::Chain;
 use super::metrics::{Counter, Registry};
 use super::operator::{OpInstance, Section};
 use super::shim::{key_group_of, subtask_for_key_group, KeyGroupRange, LocalDirStore, StateKey};
@@ -46,7 +47,7 @@ pub(crate) enum Message<K, T> {
 /// Coordinator → source subtask.
 pub(crate) enum SourceCmd {
     Trigger(u64),
-    Complete(Vec<SplitPosition>),
+    Complete(Vec<SplitOffset>),
 }
 
 /// Coordinator → keyed subtask.
@@ -58,7 +59,7 @@ pub(crate) enum KeyedCmd {
 
 /// Subtask → coordinator.
 pub(crate) enum Event {
-    SourceAck { checkpoint: u64, subtask: usize, positions: Vec<SplitPosition> },
+    SourceAck { checkpoint: u64, subtask: usize, positions: Vec<SplitOffset> },
     KeyedAck { checkpoint: u64, subtask: usize, file: String, bytes: u64 },
     SourceEnded,
     KeyedDone,
@@ -69,68 +70,13 @@ async fn send<M>(tx: &Sender<M>, m: M, what: &str) -> Result<(), RuntimeError> {
     tx.send(m).await.map_err(|_| RuntimeError::TaskFailed { task: what.into(), reason: "downstream task stopped".into() })
 }
 
-/// Per-split bounded out-of-orderness with idleness, combined by minimum (Flink's
-/// `BoundedOutOfOrdernessWatermarks` + `WatermarksWithIdleness`).
-pub(crate) struct Watermarks {
-    max_ts: Vec<i64>,
-    last_record: Vec<Instant>,
-    strategy: WatermarkStrategy,
-    emitted: i64,
-    idle: bool,
-}
-
-impl Watermarks {
-    fn new(splits: usize, strategy: WatermarkStrategy) -> Self {
-        let now = Instant::now();
-        Self { max_ts: vec![i64::MIN; splits], last_record: vec![now; splits], strategy, emitted: i64::MIN, idle: false }
-    }
-    fn on_record(&mut self, split: u32, ts: i64) {
-        if let Some(m) = self.max_ts.get_mut(split as usize) {
-            *m = (*m).max(ts);
-        }
-    }
-    fn touched(&mut self, split: u32, now: Instant) {
-        if let Some(l) = self.last_record.get_mut(split as usize) {
-            *l = now;
-        }
-    }
-    /// The new watermark, if it advanced; `Err(())` if everything just became idle.
-    fn update(&mut self, now: Instant) -> Option<Result<i64, ()>> {
-        let idle_after = std::time::Duration::from_millis(self.strategy.idle_timeout_ms);
-        let mut min: Option<i64> = None;
-        for (m, l) in self.max_ts.iter().zip(&self.last_record) {
-            if now.duration_since(*l) >= idle_after && self.strategy.idle_timeout_ms > 0 {
-                continue;
-            }
-            let w = if *m == i64::MIN { i64::MIN } else { m.saturating_sub(self.strategy.out_of_orderness_ms).saturating_sub(1) };
-            min = Some(min.map_or(w, |x| x.min(w)));
-        }
-        match min {
-            None if !self.idle => {
-                self.idle = true;
-                Some(Err(()))
-            }
-            None => None,
-            Some(w) => {
-                self.idle = false;
-                if w > self.emitted {
-                    self.emitted = w;
-                    Some(Ok(w))
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
-
 pub(crate) struct SourceTask<K, T> {
     pub(crate) subtask: usize,
     pub(crate) reader: Box<dyn SourceReader>,
-    pub(crate) chain: Chain<RawRecord, T>,
+    pub(crate) chain: Chain<SourceRecord, T>,
     pub(crate) timestamp: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
     pub(crate) key: Arc<dyn Fn(&T) -> K + Send + Sync>,
-    pub(crate) strategy: WatermarkStrategy,
+    pub(crate) strategy: WatermarkConfig,
     pub(crate) key_groups: u16,
     pub(crate) outputs: Vec<Sender<Message<K, T>>>,
     pub(crate) cmds: Receiver<SourceCmd>,
@@ -144,8 +90,11 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
         let parallelism = self.outputs.len();
         let records_in = self.metrics.counter("records_in_total", "Records read by the sources");
         let dead = self.metrics.counter("dead_letter_records_total", "Records sent to the dead-letter output");
-        let mut wm = Watermarks::new(self.reader.split_count(), self.strategy);
-        let mut raw: Vec<RawRecord> = Vec::new();
+        let mut wm = WatermarkGenerator::new(self.strategy, self.reader.split_count());
+        let started = Instant::now();
+        let mut sent_wm = i64::MIN;
+        let mut sent_idle = false;
+        let mut raw: Vec<SourceRecord> = Vec::new();
         let mut side: Vec<OutputRecord> = Vec::new();
         let mut batches: Vec<Vec<KeyedRecord<K, T>>> = (0..parallelism).map(|_| Vec::new()).collect();
         let mut ended = false;
@@ -167,11 +116,9 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                 polled = self.reader.poll(&mut raw), if !ended => {
                     let polled = polled?;
                     records_in.add(raw.len() as u64);
-                    let now = Instant::now();
                     let (chain, tsf, keyf, kgs) = (&self.chain, &self.timestamp, &self.key, self.key_groups);
                     for r in raw.drain(..) {
                         let split = r.split;
-                        wm.touched(split, now);
                         chain(r, &mut |t: T| {
                             let ts = tsf(&t);
                             wm.on_record(split, ts);
@@ -190,18 +137,31 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                         dead.add(side.iter().filter(|r| r.target == Target::DeadLetter).count() as u64);
                         send(&self.outputs[self.subtask % parallelism], Message::Side(std::mem::take(&mut side)), &name).await?;
                     }
-                    if polled == Polled::End {
+                    if polled == SourcePoll::End {
                         ended = true;
+                        wm.end_of_input();
                         for o in &self.outputs {
                             send(o, Message::Watermark(i64::MAX), &name).await?;
                         }
                         send(&self.events, Event::SourceEnded, &name).await?;
                         continue;
                     }
-                    match wm.update(now) {
-                        Some(Ok(w)) => for o in &self.outputs { send(o, Message::Watermark(w), &name).await? },
-                        Some(Err(())) => for o in &self.outputs { send(o, Message::Idle, &name).await? },
-                        None => {}
+                    wm.on_idle_check(started.elapsed().as_millis() as i64);
+                    match wm.current() {
+                        WatermarkStatus::Watermark(w) if w > sent_wm || sent_idle => {
+                            sent_wm = w;
+                            sent_idle = false;
+                            for o in &self.outputs {
+                                send(o, Message::Watermark(w), &name).await?;
+                            }
+                        }
+                        WatermarkStatus::Idle if !sent_idle => {
+                            sent_idle = true;
+                            for o in &self.outputs {
+                                send(o, Message::Idle, &name).await?;
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
