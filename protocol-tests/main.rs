@@ -16,6 +16,7 @@ mod prepared_outcome;
 mod produce_fetch;
 mod producer_limits;
 mod reader;
+mod runtime_sink;
 mod transactions;
 mod transactions_java;
 mod txn_lifecycle;
