@@ -88,3 +88,133 @@ fn recovery_failures_are_classified_with_advice() {
         RuntimeError::Client(_)
     ));
 }
+
+/// Recovery against the client's scripted fake cluster, for what the real broker cannot be
+/// made to do on demand.
+mod fake {
+    use kafka_protocol::messages::{ApiKey, EndTxnResponse};
+
+    use crate::client::fake_cluster::{Action, FakeCluster, RequestKind, ResponseKind};
+    use crate::client::producer::ProducerRecord;
+    use crate::client::transaction::TransactionalProducer;
+    use crate::client::{Client, ClientConfig};
+    use crate::protocol::error_codes::codes;
+    use crate::runtime::sink::{
+        recover, KafkaCommittable, KafkaSinkConfig, OwnerMap, SinkTxnFailure,
+    };
+    use crate::runtime::RuntimeError;
+
+    async fn client(fake: &FakeCluster) -> Client {
+        let mut config = ClientConfig::new(&fake.addr(1));
+        config.connection.request_timeout_ms = 300;
+        config.retry.deadline_ms = 2_000;
+        Client::connect(config).await.expect("connect to the fake")
+    }
+
+    fn config() -> KafkaSinkConfig {
+        let mut c = KafkaSinkConfig::new("job");
+        c.commit_deadline_ms = 1_500;
+        c.producer.linger_ms = 0;
+        c
+    }
+
+    /// An open transaction of `id` with one acknowledged record on t/0.
+    async fn open(fake: &FakeCluster, id: &str) -> TransactionalProducer {
+        let p =
+            TransactionalProducer::init(client(fake).await, config().transaction_config(id.into()))
+                .await
+                .expect("init against the fake");
+        p.begin().await.unwrap();
+        p.send(ProducerRecord::new("t", "v").with_partition(0))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        p
+    }
+
+    fn end_txns(fake: &FakeCluster) -> Vec<bool> {
+        fake.requests_of(ApiKey::EndTxn)
+            .into_iter()
+            .map(|s| match s.body {
+                RequestKind::EndTxn(r) => r.committed,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// Every EndTxn(commit) of the restored committable is answered PRODUCER_FENCED while the
+    /// coordinator still holds the transaction: its outcome cannot be learned, so recovery
+    /// stops with OutcomeUnknown — it never aborts it, and fences nothing (no InitProducerId
+    /// after the original one, no lingering-transaction step).
+    #[tokio::test]
+    async fn a_fenced_commit_during_recovery_stops_before_any_fencing() {
+        let fake = FakeCluster::start(1).await;
+        fake.add_topic("t", &[1]);
+        let producer = open(&fake, "job-0-0").await;
+        let committable = KafkaCommittable {
+            checkpoint_id: 3,
+            subtask: 0,
+            slot: 0,
+            prepared: producer.prepare().await.unwrap(),
+        };
+        fake.control(ApiKey::EndTxn, true, |_, _| {
+            Some(Action::Respond(ResponseKind::EndTxn(
+                EndTxnResponse::default().with_error_code(codes::PRODUCER_FENCED),
+            )))
+        });
+        let cfg = config();
+        let err = recover(
+            &client(&fake).await,
+            &cfg,
+            &[committable],
+            &OwnerMap::new(&cfg, 1),
+            1,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RuntimeError::SinkTransaction {
+                    failure: SinkTxnFailure::OutcomeUnknown,
+                    checkpoint_id: Some(3),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("Restart from the same checkpoint"),
+            "{err}"
+        );
+        assert!(
+            end_txns(&fake).iter().all(|commit| *commit),
+            "an abort was sent"
+        );
+        assert_eq!(
+            fake.requests_of(ApiKey::InitProducerId).len(),
+            1,
+            "something was fenced"
+        );
+        assert_eq!(fake.txn("job-0-0").state, "Ongoing");
+    }
+
+    /// A cluster without ListTransactions (before Kafka 3.0): the owner map's ids are asked
+    /// one by one, and the ongoing one is fenced.
+    #[tokio::test]
+    async fn without_list_transactions_the_owner_map_ids_are_checked() {
+        let fake = FakeCluster::start(1).await;
+        fake.add_topic("t", &[1]);
+        let _crashed = open(&fake, "job-1-1").await;
+        let _foreign = open(&fake, "jobb-0-0").await;
+        let cfg = config();
+        let report = recover(&client(&fake).await, &cfg, &[], &OwnerMap::new(&cfg, 2), 2)
+            .await
+            .unwrap();
+        assert_eq!(report.lingering_aborted, ["job-1-1"]);
+        assert_eq!(fake.txn("job-1-1").state, "CompleteAbort");
+        assert_eq!(fake.txn("jobb-0-0").state, "Ongoing");
+        assert!(fake.requests_of(ApiKey::ListTransactions).is_empty());
+    }
+}
