@@ -412,3 +412,69 @@ async fn the_transaction_timeout_check_names_the_numbers() {
         .await
         .unwrap();
 }
+
+/// Every producer holds a checkpoint not yet announced complete: `send` refuses at once
+/// (instead of waiting for a notice that cannot arrive while it waits) and `is_writable` says
+/// so; after `commit_up_to`, writing goes on. Nothing is lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_refuses_sends_until_a_checkpoint_completes() {
+    let client = client().await;
+    let topic = create_topic(&client, "sink-full", 2).await;
+    let cfg = config(&unique_topic("sink-full"));
+    let mut sink = TwoPhaseCommitSink::open(client.clone(), cfg.clone(), 0)
+        .await
+        .unwrap();
+    let (a, b, c) = (values("a", 3), values("b", 3), values("c", 3));
+    send_all(&mut sink, &topic, &a).await;
+    sink.prepare(1).await.unwrap();
+    send_all(&mut sink, &topic, &b).await;
+    // Checkpoint 1 failed (never completed): both transactions stay pending.
+    let pending = sink.prepare(2).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(!sink.is_writable());
+    let err = sink
+        .send(ProducerRecord::new(&topic, "refused").with_partition(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::SinkPoolExhausted { pool_size: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("checkpoints 1, 2"), "{err}");
+    // Checkpoint 2 completes: both commit, and the sink writes on.
+    assert_eq!(sink.commit_up_to(2).unwrap(), 2);
+    assert!(sink.is_writable());
+    send_all(&mut sink, &topic, &c).await;
+    sink.prepare(3).await.unwrap();
+    sink.commit_up_to(3).unwrap();
+    sink.wait_for_commits().await.unwrap();
+    sink.close(CloseMode::Graceful).await.unwrap();
+    settle(&client, &topic, 2).await;
+    assert_eq!(visible(&client, &topic).await, sorted([a, b, c].concat()));
+}
+
+/// SIGTERM: `close` aborts the open transaction at once (not by the broker's timeout) and
+/// leaves the prepared one of an unconfirmed checkpoint to recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_aborts_the_open_transaction() {
+    let client = client().await;
+    let topic = create_topic(&client, "sink-close", 2).await;
+    let cfg = config(&unique_topic("sink-close"));
+    let mut sink = TwoPhaseCommitSink::open(client.clone(), cfg.clone(), 0)
+        .await
+        .unwrap();
+    send_all(&mut sink, &topic, &values("kept", 4)).await;
+    let snapshot = sink.prepare(1).await.unwrap();
+    send_all(&mut sink, &topic, &values("dropped", 4)).await;
+    let report = sink.close(CloseMode::Graceful).await.unwrap();
+    assert!(report.aborted_open);
+    assert_eq!(report.left_prepared, snapshot);
+    // Checkpoint 1 had completed: recovery commits it; nothing else was left open.
+    let recovered = recover(&client, &cfg, &snapshot, &OwnerMap::new(&cfg, 1), 1)
+        .await
+        .unwrap();
+    assert_eq!(recovered.committed, 1);
+    assert!(recovered.lingering_aborted.is_empty(), "{recovered:?}");
+    assert_no_open_transaction(&client, &topic, "right after recovery").await;
+    assert_eq!(visible(&client, &topic).await, sorted(values("kept", 4)));
+}
