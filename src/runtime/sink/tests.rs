@@ -100,7 +100,8 @@ mod fake {
     use crate::client::{Client, ClientConfig};
     use crate::protocol::error_codes::codes;
     use crate::runtime::sink::{
-        recover, KafkaCommittable, KafkaSinkConfig, OwnerMap, SinkTxnFailure,
+        recover, KafkaCommittable, KafkaSinkConfig, OwnerMap, SinkTxnFailure, SlotState,
+        TwoPhaseCommitSink,
     };
     use crate::runtime::RuntimeError;
 
@@ -216,5 +217,41 @@ mod fake {
         assert_eq!(fake.txn("job-1-1").state, "CompleteAbort");
         assert_eq!(fake.txn("jobb-0-0").state, "Ongoing");
         assert!(fake.requests_of(ApiKey::ListTransactions).is_empty());
+    }
+
+    /// The sink's background commit loses every EndTxn answer (the commit applied) and cannot
+    /// ask the coordinator either: the producer reports the outcome unknown, the sink never
+    /// aborts, reads the commit marker from the log instead, and replaces the stopped producer
+    /// with a fresh one for the same id.
+    #[tokio::test]
+    async fn a_lost_commit_answer_is_read_from_the_log_and_the_producer_replaced() {
+        let fake = FakeCluster::start(1).await;
+        fake.add_topic("t", &[1]);
+        let mut sink = TwoPhaseCommitSink::open(client(&fake).await, config(), 0)
+            .await
+            .unwrap();
+        for v in ["a", "b"] {
+            sink.send(ProducerRecord::new("t", v).with_partition(0))
+                .await
+                .unwrap();
+        }
+        assert_eq!(sink.prepare(1).await.unwrap().len(), 1);
+        fake.control(ApiKey::EndTxn, true, |_, _| Some(Action::DropResponse));
+        fake.control(ApiKey::DescribeTransactions, true, |_, _| {
+            Some(Action::DelayMs(60_000))
+        });
+        assert_eq!(sink.commit_up_to(1).unwrap(), 1);
+        sink.wait_for_commits()
+            .await
+            .expect("the marker shows the commit");
+        assert_eq!(sink.metrics().commits, 1);
+        assert!(sink.pending().is_empty());
+        assert_eq!(sink.slot_states()[0], SlotState::Free);
+        assert!(
+            end_txns(&fake).iter().all(|commit| *commit),
+            "an abort was sent"
+        );
+        // Two producers opened, and slot 0's replaced.
+        assert_eq!(fake.requests_of(ApiKey::InitProducerId).len(), 3);
     }
 }
