@@ -283,6 +283,10 @@ struct Slot {
 /// Call order, from the subtask's task: `open` (after the job's [`recover`](super::recover))
 /// → `send`* → on barrier n `prepare(n)` (store the returned committables in the snapshot) →
 /// when checkpoint n is complete `commit_up_to(n)` → … → `close`.
+///
+/// Dropping it without `close` (a crash, or a task cancelled) cancels commits under way and
+/// leaves the open transaction to the broker's timeout or the next [`recover`](super::recover),
+/// which also finishes the cancelled commits from the checkpoint.
 pub struct TwoPhaseCommitSink {
     client: Client,
     config: KafkaSinkConfig,
@@ -418,8 +422,8 @@ impl TwoPhaseCommitSink {
     pub async fn send(&mut self, record: ProducerRecord) -> Result<(), RuntimeError> {
         self.check("send")?;
         let slot = self.writable_slot().await?;
-        let producer = Arc::clone(&self.slots[slot].producer);
-        match producer.send(record).await {
+        let sent = self.slots[slot].producer.send(record).await;
+        match sent {
             // The delivery future is not kept: a failed record stops the producer, and the
             // flush in `prepare` reports it.
             Ok(_delivery) => {
@@ -581,7 +585,11 @@ impl TwoPhaseCommitSink {
             while !self.commits.is_empty() {
                 if let Err(e) = self.wait_one_commit().await {
                     warn!(subtask = self.subtask, error = %e, "a commit failed while closing");
+                    let hung = matches!(e, RuntimeError::SinkPoolExhausted { .. });
                     first_error.get_or_insert(e);
+                    if hung {
+                        break;
+                    }
                 }
             }
         }

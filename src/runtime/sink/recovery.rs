@@ -182,49 +182,63 @@ pub async fn recover(
         owners,
     };
 
-    // 1. Commit every prepared transaction of the checkpoint, concurrently (each bounded).
-    let mut unique: BTreeMap<(String, i64, i16), &KafkaCommittable> = BTreeMap::new();
+    // 1. Commit every prepared transaction of the checkpoint: the ids concurrently (each
+    //    commit bounded), one id's transactions in checkpoint order — a prepared transaction
+    //    is finished by one party at a time.
+    let mut by_id: BTreeMap<String, Vec<KafkaCommittable>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for c in committables {
         let p = &c.prepared;
-        unique
-            .entry((p.transactional_id.clone(), p.producer_id, p.producer_epoch))
-            .or_insert(c);
-    }
-    let mut commits = JoinSet::new();
-    for c in unique.into_values() {
-        if c.prepared.empty {
+        if !seen.insert((p.transactional_id.clone(), p.producer_id, p.producer_epoch)) {
+            continue; // the same transaction in two snapshots
+        }
+        if p.empty {
             report.empty += 1;
             continue;
         }
-        let (client, c, deadline_ms) = (client.clone(), c.clone(), config.commit_deadline_ms);
+        by_id
+            .entry(p.transactional_id.clone())
+            .or_default()
+            .push(c.clone());
+    }
+    let mut commits = JoinSet::new();
+    for (_, mut group) in by_id {
+        group.sort_by_key(|c| c.checkpoint_id);
+        let (client, deadline_ms) = (client.clone(), config.commit_deadline_ms);
         commits.spawn(async move {
-            let outcome = commit_prepared(&client, &c.prepared, deadline_ms).await;
-            (c, outcome)
+            let mut outcomes = Vec::with_capacity(group.len());
+            for c in group {
+                let outcome = commit_prepared(&client, &c.prepared, deadline_ms).await;
+                outcomes.push((c, outcome));
+            }
+            outcomes
         });
     }
     let mut first_error = None;
     while let Some(joined) = commits.join_next().await {
-        let (c, outcome) = joined.map_err(|e| RuntimeError::TaskFailed {
+        let outcomes = joined.map_err(|e| RuntimeError::TaskFailed {
             task: "sink recovery commit".into(),
             reason: e.to_string(),
         })?;
-        match outcome {
-            Ok(TxnOutcome::Committed) => report.committed += 1,
-            Ok(TxnOutcome::AlreadyCommitted) => report.already_committed += 1,
-            Ok(other) => {
-                first_error.get_or_insert(RuntimeError::SinkState {
-                    subtask: c.subtask,
-                    operation: "recover",
-                    reason: format!(
-                        "committing {:?} gave {other:?}",
-                        c.prepared.transactional_id
-                    ),
-                });
-            }
-            Err(e) => {
-                let e = super::classify(e, Some(c.checkpoint_id), &c.prepared.transactional_id);
-                warn!(error = %e, "a prepared transaction of the restored checkpoint could not be committed");
-                first_error.get_or_insert(e);
+        for (c, outcome) in outcomes {
+            match outcome {
+                Ok(TxnOutcome::Committed) => report.committed += 1,
+                Ok(TxnOutcome::AlreadyCommitted) => report.already_committed += 1,
+                Ok(other) => {
+                    first_error.get_or_insert(RuntimeError::SinkState {
+                        subtask: c.subtask,
+                        operation: "recover",
+                        reason: format!(
+                            "committing {:?} gave {other:?}",
+                            c.prepared.transactional_id
+                        ),
+                    });
+                }
+                Err(e) => {
+                    let e = super::classify(e, Some(c.checkpoint_id), &c.prepared.transactional_id);
+                    warn!(error = %e, "a prepared transaction of the restored checkpoint could not be committed");
+                    first_error.get_or_insert(e);
+                }
             }
         }
     }
