@@ -128,7 +128,14 @@ async fn many_checkpoints_reuse_the_pool_of_two_ids() {
         sink.commit_up_to(checkpoint).unwrap();
     }
     sink.wait_for_commits().await.unwrap();
-    assert_eq!(sink.metrics().commits, 10);
+    let metrics = sink.metrics();
+    assert_eq!(metrics.commits, 10);
+    let mut latencies = metrics.commit_latency_us.clone();
+    latencies.sort_unstable();
+    eprintln!(
+        "commit latency over 10 checkpoints (µs, commit_up_to → EndTxn answered): min {} median {} max {}",
+        latencies[0], latencies[5], latencies[9]
+    );
     sink.close(CloseMode::Graceful).await.unwrap();
     let listed = Admin::new(client.clone())
         .list_transactions(&[], |id| id.starts_with(&prefix))

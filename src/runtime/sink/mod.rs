@@ -99,6 +99,13 @@ impl SinkTxnFailure {
         }
     }
 
+    /// Whether restarting the job (from the same checkpoint) can get past it: only for an
+    /// unknown outcome, once the cluster answers again. The others need the operator first;
+    /// a supervisor should stop rather than restart in a loop.
+    pub fn restart_helps(self) -> bool {
+        matches!(self, Self::OutcomeUnknown)
+    }
+
     /// What the operator can do.
     pub fn advice(self) -> &'static str {
         match self {

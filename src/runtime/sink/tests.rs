@@ -81,6 +81,8 @@ fn recovery_failures_are_classified_with_advice() {
         }
     ));
     assert!(unknown.to_string().contains("nothing was aborted"));
+    assert!(SinkTxnFailure::OutcomeUnknown.restart_helps());
+    assert!(!SinkTxnFailure::Lost.restart_helps() && !SinkTxnFailure::Fenced.restart_helps());
 
     // Anything else stays a client error.
     assert!(matches!(
