@@ -488,3 +488,17 @@ async fn close_aborts_the_open_transaction() {
     settle(&client, &topic, 2).await;
     assert_eq!(visible(&client, &topic).await, sorted(values("kept", 4)));
 }
+
+/// ApiVersions as the broker sends it, beyond what the client implements: the KIP-939 check
+/// reads InitProducerId's advertised maximum (v6 would be two-phase-commit support).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_advertises_its_own_init_producer_id_versions() {
+    let client = client().await;
+    let max = Admin::new(client)
+        .advertised_max_version(22)
+        .await
+        .unwrap()
+        .expect("InitProducerId is listed");
+    eprintln!("the broker advertises InitProducerId up to v{max}");
+    assert!(max >= 5, "Kafka 4.x offers at least v5, got {max}");
+}
