@@ -443,8 +443,9 @@ impl TwoPhaseCommitSink {
     /// output adds no committable.
     ///
     /// # Cancel safety
-    /// Not cancel safe: if dropped during the flush, the sink refuses further sends (the
-    /// producer waits for `prepare`); call `close`.
+    /// Cancel safe in effect: if dropped during the flush, sends are refused until `prepare`
+    /// is called again (it prepares the same transaction) or `close`; if dropped while waiting
+    /// for a producer, the next `send` opens the transaction.
     pub async fn prepare(
         &mut self,
         checkpoint_id: u64,

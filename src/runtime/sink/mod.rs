@@ -45,7 +45,7 @@
 //! version, so finishing it stays correct across the bump. KIP-939
 //! (<https://cwiki.apache.org/confluence/display/KAFKA/KIP-939%3A+Support+Participation+in+2PC>)
 //! would let a restarted producer keep its prepared transaction; it is not in released Kafka,
-//! and this module does not use it yet (see [`recovery`](self::recover)).
+//! and this module does not use it yet (see [`recover`]).
 //!
 //! Layout: `kafka` holds the sink and its committable, `recovery` the job-start recovery, the
 //! owner map and the transaction-timeout check, `idempotent` the trait and a file sink.
