@@ -256,4 +256,49 @@ mod fake {
         // Two producers opened, and slot 0's replaced.
         assert_eq!(fake.requests_of(ApiKey::InitProducerId).len(), 3);
     }
+
+    /// `commit_up_to` hands the commit to the background: records go on into the next
+    /// transaction while EndTxn is unanswered, and the commit completes afterwards.
+    #[tokio::test]
+    async fn writing_goes_on_while_a_commit_is_under_way() {
+        let fake = FakeCluster::start(1).await;
+        fake.add_topic("t", &[1]);
+        let mut cfg = config();
+        cfg.commit_deadline_ms = 10_000;
+        let mut sink = TwoPhaseCommitSink::open(client(&fake).await, cfg, 0)
+            .await
+            .unwrap();
+        sink.send(ProducerRecord::new("t", "a").with_partition(0))
+            .await
+            .unwrap();
+        sink.prepare(1).await.unwrap();
+        // The coordinator does not answer the first EndTxn (the retry after the request timeout
+        // is answered).
+        fake.control(ApiKey::EndTxn, false, |_, _| Some(Action::DelayMs(1_000)));
+        assert_eq!(sink.commit_up_to(1).unwrap(), 1);
+        for v in ["b", "c", "d"] {
+            sink.send(ProducerRecord::new("t", v).with_partition(0))
+                .await
+                .unwrap();
+        }
+        let metrics = sink.metrics();
+        assert_eq!(
+            (
+                metrics.commits,
+                metrics.commits_in_flight,
+                metrics.records_sent
+            ),
+            (0, 1, 4)
+        );
+        assert_eq!(
+            sink.slot_states(),
+            [
+                SlotState::Committing { checkpoint_id: 1 },
+                SlotState::Writing
+            ]
+        );
+        sink.wait_for_commits().await.unwrap();
+        assert_eq!(sink.metrics().commits, 1);
+        assert_eq!(sink.metrics().commit_latency_us.len(), 1);
+    }
 }
