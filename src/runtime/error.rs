@@ -82,7 +82,7 @@ pub enum RuntimeError {
     },
     /// A sink call that its lifecycle state does not allow.
     #[error("sink subtask {subtask}: cannot {operation}: {reason}")]
-    SinkState {
+    SinkInvalidCall {
         /// The sink subtask.
         subtask: u32,
         /// The call.

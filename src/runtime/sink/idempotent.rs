@@ -162,7 +162,7 @@ impl FileSink {
     }
 
     fn epoch(&self, operation: &'static str) -> Result<u64, RuntimeError> {
-        self.epoch.ok_or_else(|| RuntimeError::SinkState {
+        self.epoch.ok_or_else(|| RuntimeError::SinkInvalidCall {
             subtask: self.subtask,
             operation,
             reason: "restore was not called".into(),
@@ -208,14 +208,14 @@ impl IdempotentSink for FileSink {
             index: self.next_index,
         };
         if position != expected {
-            return Err(RuntimeError::SinkState {
+            return Err(RuntimeError::SinkInvalidCall {
                 subtask: self.subtask,
                 operation: "write",
                 reason: format!("record at {position:?}, expected {expected:?}"),
             });
         }
         if record.contains(&b'\n') {
-            return Err(RuntimeError::SinkState {
+            return Err(RuntimeError::SinkInvalidCall {
                 subtask: self.subtask,
                 operation: "write",
                 reason: format!(
@@ -242,7 +242,7 @@ impl IdempotentSink for FileSink {
     async fn checkpoint(&mut self, checkpoint_id: u64) -> Result<(), RuntimeError> {
         let epoch = self.epoch("checkpoint")?;
         if checkpoint_id != epoch {
-            return Err(RuntimeError::SinkState {
+            return Err(RuntimeError::SinkInvalidCall {
                 subtask: self.subtask,
                 operation: "checkpoint",
                 reason: format!("barrier {checkpoint_id} while writing the epoch of {epoch}"),

@@ -452,7 +452,7 @@ impl TwoPhaseCommitSink {
     ) -> Result<Vec<KafkaCommittable>, RuntimeError> {
         self.check("prepare")?;
         if let Some(last) = self.last_prepared.filter(|last| checkpoint_id <= *last) {
-            return Err(RuntimeError::SinkState {
+            return Err(RuntimeError::SinkInvalidCall {
                 subtask: self.subtask,
                 operation: "prepare",
                 reason: format!("checkpoint ids must increase: {checkpoint_id} after {last}"),
@@ -631,7 +631,7 @@ impl TwoPhaseCommitSink {
 
     fn check(&self, operation: &'static str) -> Result<(), RuntimeError> {
         match &self.failed {
-            Some(reason) => Err(RuntimeError::SinkState {
+            Some(reason) => Err(RuntimeError::SinkInvalidCall {
                 subtask: self.subtask,
                 operation,
                 reason: format!("the sink failed earlier: {reason}"),

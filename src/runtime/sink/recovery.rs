@@ -225,7 +225,7 @@ pub async fn recover(
                 Ok(TxnOutcome::Committed) => report.committed += 1,
                 Ok(TxnOutcome::AlreadyCommitted) => report.already_committed += 1,
                 Ok(other) => {
-                    first_error.get_or_insert(RuntimeError::SinkState {
+                    first_error.get_or_insert(RuntimeError::SinkInvalidCall {
                         subtask: c.subtask,
                         operation: "recover",
                         reason: format!(
