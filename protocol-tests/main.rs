@@ -17,6 +17,7 @@ mod produce_fetch;
 mod producer_limits;
 mod reader;
 mod runtime_source;
+mod runtime_sink;
 mod transactions;
 mod transactions_java;
 mod txn_lifecycle;

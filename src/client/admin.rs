@@ -1,5 +1,5 @@
 //! Admin operations: create/delete/list topics, add partitions, list offsets, describe configs,
-//! commit a simple group's offsets.
+//! commit a simple group's offsets, list transactions, the broker's API versions.
 //!
 //! Topic creation and deletion and partition creation may go to any broker: under KRaft every
 //! broker forwards them to the controller (KIP-590). ListOffsets must go to the partition leader
@@ -7,7 +7,9 @@
 //! group's coordinator (FindCoordinator, key type 0); committed as a *simple* group (generation
 //! -1, empty member id) it needs no group membership — how a checkpointing runtime publishes
 //! its offsets for lag monitoring
-//! (<https://kafka.apache.org/protocol.html#The_Messages_OffsetCommit>).
+//! (<https://kafka.apache.org/protocol.html#The_Messages_OffsetCommit>). ListTransactions
+//! (KIP-664, <https://kafka.apache.org/protocol.html#The_Messages_ListTransactions>) must be
+//! asked of every broker: each answers for the transactional ids it coordinates.
 
 use std::ops::ControlFlow;
 
@@ -24,13 +26,15 @@ use crate::protocol::messages::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use crate::protocol::messages::messages::{
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, ListOffsetsRequest,
+    ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupId, ListOffsetsRequest, ListTransactionsRequest, ListTransactionsResponse,
     OffsetCommitRequest, OffsetCommitResponse, TopicName,
 };
 
 use super::{Client, ClientError};
 
+use super::transaction::CoordinatorState;
 /// The shared vocabulary, re-exported where it used to live.
 pub use super::types::{Isolation, OffsetSpec};
 use super::types::{OffsetLookup, TopicPartition};
@@ -51,6 +55,76 @@ pub struct ConfigEntry {
     pub name: String,
     /// Its value (absent when sensitive).
     pub value: Option<String>,
+}
+
+/// One transaction as ListTransactions reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedTransaction {
+    /// The transactional id.
+    pub transactional_id: String,
+    /// Its current producer id.
+    pub producer_id: i64,
+    /// Its state on its coordinator.
+    pub state: CoordinatorState,
+    /// The broker that coordinates it (and answered).
+    pub coordinator: i32,
+}
+
+/// The config that bounds a transactional producer's `transaction.timeout.ms`.
+pub const TRANSACTION_MAX_TIMEOUT_MS: &str = "transaction.max.timeout.ms";
+
+/// The ListTransactions request: only transactions in `states` (all when empty). Pure.
+pub fn list_transactions_request(states: &[CoordinatorState]) -> ListTransactionsRequest {
+    ListTransactionsRequest::default()
+        .with_state_filters(states.iter().map(|s| kstr(s.as_str().to_owned())).collect())
+}
+
+/// Reads one broker's ListTransactions answer: its transactions whose id is accepted by
+/// `keep`, or the broker's error. Pure.
+pub fn list_transactions_answer(
+    coordinator: i32,
+    response: &ListTransactionsResponse,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<ListedTransaction>, ClientError> {
+    if response.error_code != 0 {
+        return Err(ClientError::broker("ListTransactions", response.error_code));
+    }
+    Ok(response
+        .transaction_states
+        .iter()
+        .filter(|t| keep(t.transactional_id.0.as_str()))
+        .map(|t| ListedTransaction {
+            transactional_id: t.transactional_id.0.to_string(),
+            producer_id: t.producer_id.0,
+            state: CoordinatorState::parse(t.transaction_state.as_str()),
+            coordinator,
+        })
+        .collect())
+}
+
+/// The highest version of API `api_key` a broker's ApiVersions answer advertises (not capped by
+/// what this client implements), or `None` when it does not list the API. Pure.
+pub fn advertised_max_version(response: &ApiVersionsResponse, api_key: i16) -> Option<i16> {
+    response
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == api_key)
+        .map(|k| k.max_version)
+}
+
+/// The smallest `transaction.max.timeout.ms` among brokers' config entries (`None` when no
+/// broker reports it). Pure.
+pub fn transaction_max_timeout_ms(per_broker: &[Vec<ConfigEntry>]) -> Option<i64> {
+    per_broker
+        .iter()
+        .filter_map(|entries| {
+            entries
+                .iter()
+                .find(|c| c.name == TRANSACTION_MAX_TIMEOUT_MS)
+                .and_then(|c| c.value.as_deref())
+                .and_then(|v| v.parse::<i64>().ok())
+        })
+        .min()
 }
 
 /// A broker error about a whole topic (or resource), with the broker's message.
@@ -343,6 +417,149 @@ impl Admin {
             }));
         }
         Ok(entries)
+    }
+
+    /// The ids of every broker in the cluster (fresh metadata).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn broker_ids(&self) -> Result<Vec<i32>, ClientError> {
+        self.client.refresh_metadata(&[]).await?;
+        let mut ids: Vec<i32> = self
+            .client
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .brokers
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The transactions of the whole cluster in one of `states` (all when empty) whose
+    /// transactional id `keep` accepts, asking every broker (each coordinates its share of the
+    /// ids). Retriable errors (a coordinator still loading) are retried per broker until the
+    /// client's retry deadline.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn list_transactions(
+        &self,
+        states: &[CoordinatorState],
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<ListedTransaction>, ClientError> {
+        let request = list_transactions_request(states);
+        let policy = self.client.config().retry;
+        let deadline = Deadline::after_ms(policy.deadline_ms);
+        let keep = &keep;
+        let mut all = Vec::new();
+        for node in self.broker_ids().await? {
+            let request = &request;
+            let found = retry(&policy, deadline, |_| async move {
+                let answer = async {
+                    let response = self.client.broker(node).await?.request(request).await?;
+                    list_transactions_answer(node, &response, keep)
+                }
+                .await;
+                match answer {
+                    Err(e) if e.is_retriable() => ControlFlow::Continue(RetryAfter::error(e)),
+                    other => ControlFlow::Break(other),
+                }
+            })
+            .await
+            .unwrap_or_else(|exhausted| Err(exhausted.last))?;
+            all.extend(found);
+        }
+        all.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        Ok(all)
+    }
+
+    /// The smallest `transaction.max.timeout.ms` of the cluster's brokers (a transaction's
+    /// coordinator may be any of them), or `None` if no broker reports it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn transaction_max_timeout_ms(&self) -> Result<Option<i64>, ClientError> {
+        let mut per_broker = Vec::new();
+        for node in self.broker_ids().await? {
+            per_broker.push(
+                self.describe_configs(ConfigResource::Broker, &node.to_string())
+                    .await?,
+            );
+        }
+        Ok(transaction_max_timeout_ms(&per_broker))
+    }
+
+    /// The highest version of API `api_key` that a broker advertises in ApiVersions, beyond
+    /// what this client implements (e.g. to learn whether InitProducerId v6, KIP-939, is
+    /// offered). `None` when the broker does not list it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn advertised_max_version(&self, api_key: i16) -> Result<Option<i16>, ClientError> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(kstr("exactly"))
+            .with_client_software_version(kstr(env!("CARGO_PKG_VERSION")));
+        let response = self.client.request_any(&request).await?;
+        if response.error_code != 0 {
+            return Err(ClientError::broker("ApiVersions", response.error_code));
+        }
+        Ok(advertised_max_version(&response, api_key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::messages::list_transactions_response::TransactionState;
+    use crate::protocol::messages::messages::{ProducerId, TransactionalId};
+
+    fn listed(id: &str, state: &str) -> TransactionState {
+        TransactionState::default()
+            .with_transactional_id(TransactionalId(kstr(id.to_owned())))
+            .with_producer_id(ProducerId(7))
+            .with_transaction_state(kstr(state.to_owned()))
+    }
+
+    #[test]
+    fn list_transactions_filters_states_on_the_broker_and_ids_here() {
+        let request = list_transactions_request(&[CoordinatorState::Ongoing]);
+        assert_eq!(request.state_filters, vec![kstr("Ongoing")]);
+        assert!(list_transactions_request(&[]).state_filters.is_empty());
+
+        let response = ListTransactionsResponse::default().with_transaction_states(vec![
+            listed("job-0-0", "Ongoing"),
+            listed("other-0-0", "Ongoing"),
+        ]);
+        let found = list_transactions_answer(3, &response, |id| id.starts_with("job-")).unwrap();
+        assert_eq!(
+            found,
+            vec![ListedTransaction {
+                transactional_id: "job-0-0".into(),
+                producer_id: 7,
+                state: CoordinatorState::Ongoing,
+                coordinator: 3,
+            }]
+        );
+        let refused = ListTransactionsResponse::default().with_error_code(14); // COORDINATOR_LOAD_IN_PROGRESS
+        let err = list_transactions_answer(1, &refused, |_| true).unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+    }
+
+    #[test]
+    fn the_smallest_reported_transaction_max_timeout_wins() {
+        let entry = |v: &str| ConfigEntry {
+            name: TRANSACTION_MAX_TIMEOUT_MS.into(),
+            value: Some(v.into()),
+        };
+        assert_eq!(
+            transaction_max_timeout_ms(&[vec![entry("900000")], vec![entry("60000")], vec![]]),
+            Some(60_000)
+        );
+        assert_eq!(transaction_max_timeout_ms(&[vec![]]), None);
     }
 }
 

@@ -242,6 +242,12 @@ fn target_of(c: u8) -> Target {
 }
 
 impl MemorySink {
+    /// A sink that commits nothing it is given (benchmarks, and replays whose output is
+    /// already committed).
+    pub fn discarding() -> Self {
+        Self { discard: true, ..Self::default() }
+    }
+
     /// The committed records so far.
     pub fn committed(&self) -> Vec<OutputRecord> {
         self.shared.lock().expect("memory sink lock").committed.clone()

@@ -17,6 +17,7 @@ pub mod connector;
 mod error;
 pub mod fault;
 pub mod job;
+pub mod kafka;
 pub mod metrics;
 pub mod operator;
 mod run;
