@@ -596,3 +596,44 @@ async fn position_outside_the_log_is_an_error_or_an_announced_reset() {
     .await
     .expect("test bound");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_records_come_back_without_waiting_for_the_fetch_in_flight() {
+    bounded(async {
+        let client = client().await;
+        let topic = create_topic(&client, "src-prompt", 1).await;
+        let expected = write_interleaved(&client, &topic, 1, 2, 25, "p").await;
+        // The broker holds a fetch that finds no new data for 10 s.
+        let slow = KafkaSourceConfig {
+            fetch: FetchConfig {
+                max_wait_ms: 10_000,
+                ..FetchConfig::default()
+            },
+            records_per_poll_max: 5,
+            ..KafkaSourceConfig::new([topic.as_str()])
+        };
+        let mut reader = open(&client, slow, 0, 1, &[]).await;
+        let mut seen = Vec::new();
+        let mut batch = Vec::new();
+        assert_eq!(reader.poll(&mut batch).await.unwrap(), SourcePoll::Records);
+        seen.extend(batch.iter().map(value));
+        // Every record is buffered now and the next fetch (past the end) sits at the broker:
+        // each poll must hand out buffered records on its very first step, without awaiting
+        // anything — a zero timeout lets nothing else through.
+        while seen.len() < expected.len() {
+            let mut batch = Vec::new();
+            let polled = tokio::time::timeout(Duration::ZERO, reader.poll(&mut batch)).await;
+            assert_eq!(
+                polled.map(Result::unwrap),
+                Ok(SourcePoll::Records),
+                "poll waited although records were buffered ({} of {} handed out)",
+                seen.len(),
+                expected.len()
+            );
+            seen.extend(batch.iter().map(value));
+        }
+        assert_eq!(sorted(seen), expected);
+    })
+    .await
+    .expect("test bound");
+}

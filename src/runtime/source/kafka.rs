@@ -17,11 +17,14 @@
 //!   answer in every process; restored offsets are those of *all* splits of the job (whatever
 //!   parallelism wrote them) and each reader takes its own, which is how rescaling works.
 //! - **One fetch for all splits** ([`Fetcher::fetch_partitions`], one request per leader),
-//!   into a buffer that holds at most one fetch response; a new fetch starts only when the
-//!   buffer is empty, and [`poll`](KafkaSourceReader::poll) hands out at most
-//!   `records_per_poll_max` records, round-robin over the splits.
+//!   running in the background while the buffer runs low (`prefetch_records_low`), so that
+//!   reading overlaps processing; the buffer holds at most that many records plus one fetch
+//!   response. [`poll`](KafkaSourceReader::poll) hands out at most `records_per_poll_max`
+//!   records, round-robin over the splits, and never waits for a fetch while records are
+//!   buffered.
 //! - **Cancel safe `poll`**, so a task can `select!` between it and its control channel
-//!   (barriers): all awaiting happens before any state changes, and records reach the caller's
+//!   (barriers): the fetch task belongs to the reader, not to the `poll` future; its results
+//!   change the reader's state only in synchronous steps, and records reach the caller's
 //!   vector only in the synchronous last step.
 //! - **Bounded mode** for backfills: the end offsets (last stable offsets under
 //!   `read_committed`) are taken at open, and [`SourcePoll::End`] comes once every split reached
@@ -36,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -88,11 +92,17 @@ pub struct KafkaSourceConfig {
     pub records_per_poll_max: usize,
     /// What to do when a position is outside the log.
     pub offset_out_of_range: OffsetReset,
+    /// A fetch of the next records starts in the background while fewer than this many are
+    /// buffered, so that reading overlaps processing; 0 fetches only when the buffer is empty.
+    /// The buffer holds at most this many records plus one fetch response
+    /// (`fetch.max_bytes`).
+    pub prefetch_records_low: usize,
 }
 
 impl KafkaSourceConfig {
     /// Reads `topics` from the earliest offset, unbounded, `read_committed`, no discovery, no
-    /// lag group, at most 1,000 records per poll, failing on an offset out of range.
+    /// lag group, at most 1,000 records per poll, prefetching below 2,000 buffered records,
+    /// failing on an offset out of range.
     pub fn new(topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self {
             topics: topics.into_iter().map(Into::into).collect(),
@@ -103,6 +113,7 @@ impl KafkaSourceConfig {
             lag_group: None,
             records_per_poll_max: 1_000,
             offset_out_of_range: OffsetReset::Fail,
+            prefetch_records_low: 2_000,
         }
     }
 
@@ -258,7 +269,13 @@ pub struct KafkaSourceReader {
     cursor: usize,
     /// When partition discovery is next due.
     next_discovery: Option<Instant>,
+    /// The fetch running in the background (at most one); dropped, and so aborted, with the
+    /// reader.
+    in_flight: JoinSet<FetchResults>,
 }
+
+/// What one background fetch returns: per split asked for, the offset asked at and the answer.
+type FetchResults = Vec<((TopicPartition, i64), Result<FetchedPartition, ClientError>)>;
 
 impl KafkaSourceReader {
     /// Opens the reader of source subtask `subtask` of `parallelism`: lists the topics'
@@ -292,6 +309,7 @@ impl KafkaSourceReader {
             assigner,
             splits: Vec::new(),
             cursor: 0,
+            in_flight: JoinSet::new(),
         };
         let restored_offsets: HashMap<(&str, i32), i64> = restored
             .iter()
@@ -369,19 +387,31 @@ impl KafkaSourceReader {
         Ok(owned)
     }
 
-    /// Appends up to `records_per_poll_max` records to `out`: buffered ones at once, otherwise
-    /// those of one fetch of every split (which waits at most `fetch.max_wait_ms` for data).
-    /// Looks for new partitions first when discovery is due.
+    /// Appends up to `records_per_poll_max` records to `out`. Buffered records come back at
+    /// once, without waiting for any fetch; with nothing buffered it waits for the fetch in
+    /// flight (or starts one), which the broker holds at most `fetch.max_wait_ms` when there is
+    /// no data, then returns [`SourcePoll::Idle`] if it brought nothing. Meanwhile it keeps one
+    /// fetch of every split running in the background whenever fewer than
+    /// `prefetch_records_low` records are buffered, so that reading overlaps processing. Looks
+    /// for new partitions when discovery is due (only when nothing is buffered).
     ///
     /// # Cancel safety
-    /// Cancel safe: dropping the future at any await point loses and duplicates nothing.
-    /// Fetched records enter the reader's buffer, and positions move, only after a fetch has
-    /// completed and without awaiting in between; records reach `out` only in the last,
-    /// synchronous step. A dropped fetch is simply made again by the next call.
+    /// Cancel safe: dropping the future at any await point loses and duplicates nothing. The
+    /// fetch runs as a task owned by the reader and survives a dropped `poll`; its records
+    /// enter the reader's buffer, and positions move, only in synchronous steps after it has
+    /// completed; records reach `out` only in the last, synchronous step before returning.
     pub async fn poll(&mut self, out: &mut Vec<SourceRecord>) -> Result<SourcePoll, RuntimeError> {
-        self.discover_if_due().await?;
-        let mut fetched = false;
+        let mut waited = false;
         loop {
+            // A background fetch that has completed: take its records in, without waiting.
+            if let Some(done) = self.in_flight.try_join_next() {
+                self.take_in(done).await?;
+            }
+            if self.in_flight.is_empty()
+                && self.buffered_records() < self.config.prefetch_records_low
+            {
+                self.start_fetch();
+            }
             let max = self.config.records_per_poll_max;
             if hand_out(&mut self.splits, &mut self.cursor, max, out) > 0 {
                 return Ok(SourcePoll::Records);
@@ -389,41 +419,77 @@ impl KafkaSourceReader {
             if self.config.bounded && self.splits.iter().all(Split::finished) {
                 return Ok(SourcePoll::End);
             }
-            if fetched {
+            if waited {
                 return Ok(SourcePoll::Idle);
             }
-            self.fetch().await?;
-            fetched = true;
+            // Nothing buffered: the one place that waits.
+            self.discover_if_due().await?;
+            if self.in_flight.is_empty() {
+                self.start_fetch();
+            }
+            match self.in_flight.join_next().await {
+                Some(done) => self.take_in(done).await?,
+                None => self.wait_without_splits().await,
+            }
+            waited = true;
         }
     }
 
-    /// One fetch of every split that is not finished, applied to the buffers.
-    async fn fetch(&mut self) -> Result<(), RuntimeError> {
+    /// How many fetched records wait to be handed out.
+    fn buffered_records(&self) -> usize {
+        self.splits.iter().map(|s| s.buffer.len()).sum()
+    }
+
+    /// Starts one fetch of every split that has not reached its end, as a task of the reader.
+    /// Does nothing when there is no such split.
+    fn start_fetch(&mut self) {
         let wanted: Vec<(TopicPartition, i64)> = self
             .splits
             .iter()
-            .filter(|s| s.buffer.is_empty() && s.end_offset.is_none_or(|e| s.fetch_offset < e))
+            .filter(|s| s.end_offset.is_none_or(|e| s.fetch_offset < e))
             .map(|s| (s.tp.clone(), s.fetch_offset))
             .collect();
         if wanted.is_empty() {
-            // No split at all (more subtasks than partitions): wait as a fetch would, so that
-            // the caller's loop does not spin.
-            let wait_ms = u64::try_from(self.config.fetch.max_wait_ms).unwrap_or(0);
-            let mut wake = Instant::now() + Duration::from_millis(wait_ms);
-            if let Some(due) = self.next_discovery {
-                wake = wake.min(due);
-            }
-            tokio::time::sleep_until(wake).await;
-            return Ok(());
+            return;
         }
-        let results = self.fetcher.fetch_partitions(&wanted).await;
-        // From here on nothing awaits until every successful result is applied.
+        let fetcher = self.fetcher.clone();
+        self.in_flight.spawn(async move {
+            let results = fetcher.fetch_partitions(&wanted).await;
+            wanted.into_iter().zip(results).collect()
+        });
+    }
+
+    /// No split to fetch (more subtasks than partitions): waits as a fetch would, or until
+    /// discovery is due, so that the caller's loop does not spin.
+    async fn wait_without_splits(&self) {
+        let wait_ms = u64::try_from(self.config.fetch.max_wait_ms).unwrap_or(0);
+        let mut wake = Instant::now() + Duration::from_millis(wait_ms);
+        if let Some(due) = self.next_discovery {
+            wake = wake.min(due);
+        }
+        tokio::time::sleep_until(wake).await;
+    }
+
+    /// Takes in a completed fetch: records into the buffers, positions moved. Results for a
+    /// split whose fetch offset has moved since the fetch started are stale and dropped.
+    async fn take_in(
+        &mut self,
+        done: Result<FetchResults, tokio::task::JoinError>,
+    ) -> Result<(), RuntimeError> {
+        let results = done.map_err(|e| RuntimeError::TaskFailed {
+            task: format!("source {} fetch", self.subtask),
+            reason: e.to_string(),
+        })?;
+        // Nothing awaits until every successful result is applied.
         let mut out_of_range = Vec::new();
         let mut failure = None;
-        for ((tp, offset), result) in wanted.into_iter().zip(results) {
+        for ((tp, offset), result) in results {
             let Some(index) = self.split_index(&tp) else {
                 continue;
             };
+            if self.splits[index].fetch_offset != offset {
+                continue;
+            }
             match result {
                 Ok(fetched) => self.splits[index].apply(fetched),
                 Err(ClientError::OffsetOutOfRange { .. }) => out_of_range.push((index, offset)),
