@@ -280,7 +280,7 @@ async fn polls_cancelled_at_random_moments_lose_and_duplicate_nothing() {
     bounded(async {
         let client = client().await;
         let topic = create_topic(&client, "src-cancel", 3).await;
-        let expected = write_interleaved(&client, &topic, 3, 10, 5, "c").await;
+        let expected = write_interleaved(&client, &topic, 3, 20, 5, "c").await;
         let ends = ends(&client, &topic, 3).await;
         // Small polls, and discovery due at almost every poll: cancellations land in metadata
         // refreshes and offset lookups as well as in fetches and between them.

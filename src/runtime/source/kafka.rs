@@ -261,9 +261,7 @@ pub struct KafkaSourceReader {
     client: Client,
     fetcher: Fetcher,
     config: KafkaSourceConfig,
-    subtask: usize,
-    parallelism: usize,
-    assigner: Arc<dyn SplitAssigner>,
+    ownership: Ownership,
     splits: Vec<Split>,
     /// Where the next round-robin hand-out starts.
     cursor: usize,
@@ -272,6 +270,9 @@ pub struct KafkaSourceReader {
     /// The fetch running in the background (at most one); dropped, and so aborted, with the
     /// reader.
     in_flight: JoinSet<FetchResults>,
+    /// The partition discovery running in the background (at most one): the new partitions
+    /// this subtask owns, with their earliest offsets.
+    discovery: JoinSet<Result<Vec<(TopicPartition, i64)>, RuntimeError>>,
 }
 
 /// What one background fetch returns: per split asked for, the offset asked at and the answer.
@@ -299,17 +300,22 @@ impl KafkaSourceReader {
         config.validate(subtask, parallelism)?;
         let mut reader = Self {
             fetcher: Fetcher::new(client.clone(), config.fetch.clone()),
-            client,
+            client: client.clone(),
             next_discovery: config
                 .discovery_interval_ms
                 .map(|ms| Instant::now() + Duration::from_millis(ms)),
+            ownership: Ownership {
+                client: client.clone(),
+                topics: config.topics.clone(),
+                assigner,
+                subtask,
+                parallelism,
+            },
             config,
-            subtask,
-            parallelism,
-            assigner,
             splits: Vec::new(),
             cursor: 0,
             in_flight: JoinSet::new(),
+            discovery: JoinSet::new(),
         };
         let restored_offsets: HashMap<(&str, i32), i64> = restored
             .iter()
@@ -318,7 +324,7 @@ impl KafkaSourceReader {
         let restored_topics: HashSet<&str> = restored.iter().map(|s| s.topic.as_str()).collect();
         let admin = Admin::new(reader.client.clone());
         let isolation = reader.config.fetch.isolation;
-        for tp in reader.owned_partitions().await? {
+        for tp in reader.ownership.partitions().await? {
             let restored_offset = restored_offsets.get(&(tp.topic.as_str(), tp.partition));
             let start = match restored_offset {
                 Some(offset) => *offset,
@@ -357,56 +363,30 @@ impl KafkaSourceReader {
         Ok(reader)
     }
 
-    /// The partitions of the configured topics that the assigner gives this subtask, sorted,
-    /// from freshly loaded metadata.
-    async fn owned_partitions(&self) -> Result<Vec<TopicPartition>, RuntimeError> {
-        self.client.refresh_metadata(&self.config.topics).await?;
-        let mut owned = Vec::new();
-        for topic in &self.config.topics {
-            let info = self.client.topic(topic).await?;
-            for p in &info.partitions {
-                let tp = TopicPartition::new(topic.clone(), p.partition);
-                let owner = self.assigner.owner(&tp, self.parallelism);
-                if owner >= self.parallelism {
-                    return Err(RuntimeError::Config {
-                        key: "assigner",
-                        reason: format!(
-                            "{:?} gave {tp} to subtask {owner}, which does not exist at \
-                             parallelism {}",
-                            self.assigner, self.parallelism
-                        ),
-                    });
-                }
-                if owner == self.subtask {
-                    owned.push(tp);
-                }
-            }
-        }
-        owned.sort();
-        owned.dedup();
-        Ok(owned)
-    }
-
     /// Appends up to `records_per_poll_max` records to `out`. Buffered records come back at
     /// once, without waiting for any fetch; with nothing buffered it waits for the fetch in
     /// flight (or starts one), which the broker holds at most `fetch.max_wait_ms` when there is
     /// no data, then returns [`SourcePoll::Idle`] if it brought nothing. Meanwhile it keeps one
     /// fetch of every split running in the background whenever fewer than
-    /// `prefetch_records_low` records are buffered, so that reading overlaps processing. Looks
-    /// for new partitions when discovery is due (only when nothing is buffered).
+    /// `prefetch_records_low` records are buffered, so that reading overlaps processing, and,
+    /// when discovery is due, a look for new partitions.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future at any await point loses and duplicates nothing. The
-    /// fetch runs as a task owned by the reader and survives a dropped `poll`; its records
-    /// enter the reader's buffer, and positions move, only in synchronous steps after it has
-    /// completed; records reach `out` only in the last, synchronous step before returning.
+    /// fetch and the discovery run as tasks owned by the reader and survive a dropped `poll`;
+    /// their results enter the reader's state only in synchronous steps after they completed;
+    /// records reach `out` only in the last, synchronous step before returning.
     pub async fn poll(&mut self, out: &mut Vec<SourceRecord>) -> Result<SourcePoll, RuntimeError> {
         let mut waited = false;
         loop {
-            // A background fetch that has completed: take its records in, without waiting.
+            // Background work that has completed: take it in, without waiting.
+            if let Some(done) = self.discovery.try_join_next() {
+                self.take_in_discovery(done)?;
+            }
             if let Some(done) = self.in_flight.try_join_next() {
                 self.take_in(done).await?;
             }
+            self.start_discovery_if_due();
             if self.in_flight.is_empty()
                 && self.buffered_records() < self.config.prefetch_records_low
             {
@@ -423,13 +403,15 @@ impl KafkaSourceReader {
                 return Ok(SourcePoll::Idle);
             }
             // Nothing buffered: the one place that waits.
-            self.discover_if_due().await?;
             if self.in_flight.is_empty() {
                 self.start_fetch();
             }
-            match self.in_flight.join_next().await {
-                Some(done) => self.take_in(done).await?,
-                None => self.wait_without_splits().await,
+            if let Some(done) = self.in_flight.join_next().await {
+                self.take_in(done).await?;
+            } else if let Some(done) = self.discovery.join_next().await {
+                self.take_in_discovery(done)?;
+            } else {
+                self.wait_without_splits().await;
             }
             waited = true;
         }
@@ -477,7 +459,7 @@ impl KafkaSourceReader {
         done: Result<FetchResults, tokio::task::JoinError>,
     ) -> Result<(), RuntimeError> {
         let results = done.map_err(|e| RuntimeError::TaskFailed {
-            task: format!("source {} fetch", self.subtask),
+            task: format!("source {} fetch", self.ownership.subtask),
             reason: e.to_string(),
         })?;
         // Nothing awaits until every successful result is applied.
@@ -557,37 +539,43 @@ impl KafkaSourceReader {
         }
     }
 
-    /// Adds the partitions created since the last look that this subtask owns, when discovery
-    /// is due. They start at the earliest offset. Cancel safe: splits are added, and the next
-    /// look scheduled, only once every lookup has completed.
-    async fn discover_if_due(&mut self) -> Result<(), RuntimeError> {
-        let (Some(due), Some(interval_ms)) =
-            (self.next_discovery, self.config.discovery_interval_ms)
-        else {
-            return Ok(());
+    /// Starts a look for new partitions in the background when discovery is due and none is
+    /// running.
+    fn start_discovery_if_due(&mut self) {
+        let Some(due) = self.next_discovery else {
+            return;
         };
-        if Instant::now() < due {
-            return Ok(());
+        if !self.discovery.is_empty() || Instant::now() < due {
+            return;
         }
-        let mut found = Vec::new();
-        for tp in self.owned_partitions().await? {
-            if self.split_index(&tp).is_none() {
-                let start = Admin::new(self.client.clone())
-                    .list_offset(
-                        &tp.topic,
-                        tp.partition,
-                        OffsetSpec::Earliest,
-                        self.config.fetch.isolation,
-                    )
-                    .await?;
-                found.push((tp, start));
-            }
-        }
+        let known: HashSet<TopicPartition> = self.splits.iter().map(|s| s.tp.clone()).collect();
+        let look = self
+            .ownership
+            .clone()
+            .new_partitions(known, self.config.fetch.isolation);
+        self.discovery.spawn(look);
+    }
+
+    /// Adds the partitions a completed discovery found (they start at the earliest offset) and
+    /// schedules the next look.
+    fn take_in_discovery(
+        &mut self,
+        done: Result<Result<Vec<(TopicPartition, i64)>, RuntimeError>, tokio::task::JoinError>,
+    ) -> Result<(), RuntimeError> {
+        let found = done.map_err(|e| RuntimeError::TaskFailed {
+            task: format!("source {} partition discovery", self.ownership.subtask),
+            reason: e.to_string(),
+        })??;
         for (tp, start) in found {
-            info!(subtask = self.subtask, split = %tp, start, "discovered a new partition");
+            if self.split_index(&tp).is_some() {
+                continue;
+            }
+            info!(subtask = self.ownership.subtask, split = %tp, start, "discovered a new partition");
             self.splits.push(Split::new(tp, start, None));
         }
-        self.next_discovery = Some(Instant::now() + Duration::from_millis(interval_ms));
+        if let Some(interval_ms) = self.config.discovery_interval_ms {
+            self.next_discovery = Some(Instant::now() + Duration::from_millis(interval_ms));
+        }
         Ok(())
     }
 
@@ -625,7 +613,7 @@ impl KafkaSourceReader {
 
     /// Which subtask this reader is.
     pub fn subtask(&self) -> usize {
-        self.subtask
+        self.ownership.subtask
     }
 
     /// Commits `offsets` (normally those of a completed checkpoint) to the configured
@@ -653,6 +641,66 @@ impl KafkaSourceReader {
             .commit_group_offsets(group, &offsets)
             .await?;
         Ok(())
+    }
+}
+
+/// Who reads what: the partitions of `topics` that `assigner` gives `subtask` of `parallelism`,
+/// sorted, from freshly loaded metadata.
+#[derive(Debug, Clone)]
+struct Ownership {
+    client: Client,
+    topics: Vec<String>,
+    assigner: Arc<dyn SplitAssigner>,
+    subtask: usize,
+    parallelism: usize,
+}
+
+impl Ownership {
+    async fn partitions(&self) -> Result<Vec<TopicPartition>, RuntimeError> {
+        self.client.refresh_metadata(&self.topics).await?;
+        let mut owned = Vec::new();
+        for topic in &self.topics {
+            let info = self.client.topic(topic).await?;
+            for p in &info.partitions {
+                let tp = TopicPartition::new(topic.clone(), p.partition);
+                let owner = self.assigner.owner(&tp, self.parallelism);
+                if owner >= self.parallelism {
+                    return Err(RuntimeError::Config {
+                        key: "assigner",
+                        reason: format!(
+                            "{:?} gave {tp} to subtask {owner}, which does not exist at \
+                             parallelism {}",
+                            self.assigner, self.parallelism
+                        ),
+                    });
+                }
+                if owner == self.subtask {
+                    owned.push(tp);
+                }
+            }
+        }
+        owned.sort();
+        owned.dedup();
+        Ok(owned)
+    }
+
+    /// The owned partitions not in `known`, each with its earliest offset (under `isolation`).
+    async fn new_partitions(
+        self,
+        known: HashSet<TopicPartition>,
+        isolation: Isolation,
+    ) -> Result<Vec<(TopicPartition, i64)>, RuntimeError> {
+        let admin = Admin::new(self.client.clone());
+        let mut found = Vec::new();
+        for tp in self.partitions().await? {
+            if !known.contains(&tp) {
+                let start = admin
+                    .list_offset(&tp.topic, tp.partition, OffsetSpec::Earliest, isolation)
+                    .await?;
+                found.push((tp, start));
+            }
+        }
+        Ok(found)
     }
 }
 
