@@ -528,6 +528,8 @@ async fn checkpointed_offsets_committed_to_the_lag_group_show_in_kafkas_tool() {
         };
         let mut reader = open(&client, with_group, 0, 1, &[]).await;
         take(&mut reader, 2).await;
+        let lag: i64 = reader.lag().iter().map(|(_, behind)| behind.unwrap()).sum();
+        assert!(lag > 0, "{:?}", reader.lag());
         let checkpoint = reader.positions();
         reader.commit_to_group(&checkpoint).await.unwrap();
         let expected: BTreeMap<i32, i64> = checkpoint
@@ -538,6 +540,11 @@ async fn checkpointed_offsets_committed_to_the_lag_group_show_in_kafkas_tool() {
         // A later checkpoint moves them on.
         let ends = ends(&client, &topic, 2).await;
         drain(&mut reader, &ends).await;
+        assert!(
+            reader.lag().iter().all(|(_, behind)| *behind == Some(0)),
+            "{:?}",
+            reader.lag()
+        );
         let checkpoint = reader.positions();
         reader.commit_to_group(&checkpoint).await.unwrap();
         let expected: BTreeMap<i32, i64> = ends.iter().map(|((_, p), o)| (*p, *o)).collect();
@@ -632,6 +639,40 @@ async fn buffered_records_come_back_without_waiting_for_the_fetch_in_flight() {
             );
             seen.extend(batch.iter().map(value));
         }
+        assert_eq!(sorted(seen), expected);
+    })
+    .await
+    .expect("test bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_created_after_the_checkpoint_starts_at_the_earliest_offset() {
+    bounded(async {
+        let client = client().await;
+        let topic = create_topic(&client, "src-grown", 2).await;
+        let mut expected = write_interleaved(&client, &topic, 2, 2, 4, "a").await;
+        let mut reader = open(&client, config(&topic), 0, 1, &[]).await;
+        let ends_before = ends(&client, &topic, 2).await;
+        let mut seen = drain(&mut reader, &ends_before).await;
+        let checkpoint = reader.positions();
+        drop(reader);
+        // While the job is down the topic grows a partition and records arrive everywhere.
+        Admin::new(client.clone())
+            .create_partitions(&topic, 3)
+            .await
+            .unwrap();
+        expected.extend(write_interleaved(&client, &topic, 3, 2, 3, "b").await);
+        expected.sort();
+        // Even with `Latest` for fresh starts, the new partition is read from its start: the
+        // checkpoint knows the topic, so the partition is newer than the checkpoint.
+        let latest = KafkaSourceConfig {
+            starting: exactly::runtime::source::StartingOffsets::Latest,
+            ..config(&topic)
+        };
+        let mut reader = open(&client, latest, 0, 1, &checkpoint).await;
+        assert_eq!(reader.splits().len(), 3);
+        let ends_after = ends(&client, &topic, 3).await;
+        seen.extend(drain(&mut reader, &ends_after).await);
         assert_eq!(sorted(seen), expected);
     })
     .await

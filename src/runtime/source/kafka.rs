@@ -217,6 +217,9 @@ struct Split {
     buffer: VecDeque<Record>,
     /// Bounded mode: where this split ends.
     end_offset: Option<i64>,
+    /// The end of the log (last stable offset under `read_committed`, high watermark
+    /// otherwise) as the latest fetch reported it.
+    log_end_seen: Option<i64>,
 }
 
 impl Split {
@@ -227,6 +230,7 @@ impl Split {
             fetch_offset: start,
             buffer: VecDeque::new(),
             end_offset,
+            log_end_seen: None,
         }
     }
 
@@ -241,8 +245,10 @@ impl Split {
         self.buffer.is_empty() && self.end_offset.is_some_and(|end| self.fetch_offset >= end)
     }
 
-    /// Takes in what a fetch at `self.fetch_offset` returned.
-    fn apply(&mut self, fetched: FetchedPartition) {
+    /// Takes in what a fetch at `self.fetch_offset` with `isolation` returned.
+    fn apply(&mut self, fetched: FetchedPartition, isolation: Isolation) {
+        self.log_end_seen =
+            Some(isolation.end_offset(fetched.high_watermark, fetched.last_stable_offset));
         let mut next = fetched.next_offset;
         let mut records = fetched.records;
         if let Some(end) = self.end_offset {
@@ -463,6 +469,7 @@ impl KafkaSourceReader {
             reason: e.to_string(),
         })?;
         // Nothing awaits until every successful result is applied.
+        let isolation = self.config.fetch.isolation;
         let mut out_of_range = Vec::new();
         let mut failure = None;
         for ((tp, offset), result) in results {
@@ -473,7 +480,7 @@ impl KafkaSourceReader {
                 continue;
             }
             match result {
-                Ok(fetched) => self.splits[index].apply(fetched),
+                Ok(fetched) => self.splits[index].apply(fetched, isolation),
                 Err(ClientError::OffsetOutOfRange { .. }) => out_of_range.push((index, offset)),
                 Err(e) => {
                     failure.get_or_insert(e);
@@ -609,6 +616,20 @@ impl KafkaSourceReader {
                 })
                 .collect()
         })
+    }
+
+    /// Per split, in split index order, how many offsets its position is behind the end of
+    /// the log as the latest fetch saw it (the last stable offset under `read_committed`; the
+    /// count includes transaction markers and aborted records): the consumer lag, for metrics.
+    /// `None` for a split not fetched yet.
+    pub fn lag(&self) -> Vec<(TopicPartition, Option<i64>)> {
+        self.splits
+            .iter()
+            .map(|s| {
+                let behind = s.log_end_seen.map(|end| (end - s.position()).max(0));
+                (s.tp.clone(), behind)
+            })
+            .collect()
     }
 
     /// Which subtask this reader is.
@@ -753,6 +774,22 @@ mod tests {
         }
     }
 
+    impl Split {
+        fn apply_rc(&mut self, fetched: FetchedPartition) {
+            self.apply(fetched, Isolation::ReadCommitted);
+        }
+    }
+
+    /// The reader and its `poll` future can move between threads (tokio::spawn).
+    #[test]
+    fn reader_and_poll_are_send() {
+        fn is_send<T: Send>(_: &T) {}
+        let _ = |reader: &'static mut KafkaSourceReader, out: &'static mut Vec<SourceRecord>| {
+            is_send(&reader.poll(out));
+            is_send(&*reader);
+        };
+    }
+
     fn fetched(offsets: &[i64], next_offset: i64) -> FetchedPartition {
         FetchedPartition {
             records: offsets.iter().copied().map(record).collect(),
@@ -769,13 +806,13 @@ mod tests {
         assert_eq!(s.position(), 10);
         // Offsets 10..=12 were an aborted transaction and 13 its marker: nothing to hand out,
         // but the position moves past them.
-        s.apply(fetched(&[14, 15], 16));
+        s.apply_rc(fetched(&[14, 15], 16));
         assert_eq!(s.position(), 14);
         s.buffer.pop_front();
         assert_eq!(s.position(), 15);
         s.buffer.pop_front();
         assert_eq!(s.position(), 16);
-        s.apply(fetched(&[], 20));
+        s.apply_rc(fetched(&[], 20));
         assert_eq!(s.position(), 20);
     }
 
@@ -783,7 +820,7 @@ mod tests {
     fn bounded_split_stops_at_its_end() {
         let mut s = Split::new(TopicPartition::new("t", 0), 0, Some(3));
         assert!(!s.finished());
-        s.apply(fetched(&[0, 1, 2, 3, 4], 5));
+        s.apply_rc(fetched(&[0, 1, 2, 3, 4], 5));
         assert_eq!(s.buffer.len(), 3);
         assert_eq!(s.fetch_offset, 3);
         assert!(!s.finished(), "records still buffered");
@@ -796,9 +833,9 @@ mod tests {
     #[test]
     fn hand_out_is_bounded_and_fair() {
         let mut a = Split::new(TopicPartition::new("t", 0), 0, None);
-        a.apply(fetched(&(0..10).collect::<Vec<_>>(), 10));
+        a.apply_rc(fetched(&(0..10).collect::<Vec<_>>(), 10));
         let mut b = Split::new(TopicPartition::new("t", 1), 0, None);
-        b.apply(fetched(&[0, 1], 2));
+        b.apply_rc(fetched(&[0, 1], 2));
         let mut splits = vec![a, b];
         let mut cursor = 0;
         let mut out = Vec::new();
