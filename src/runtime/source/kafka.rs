@@ -269,6 +269,8 @@ pub struct KafkaSourceReader {
     config: KafkaSourceConfig,
     ownership: Ownership,
     splits: Vec<Split>,
+    /// The index of each split in `splits`.
+    split_indices: HashMap<TopicPartition, usize>,
     /// Where the next round-robin hand-out starts.
     cursor: usize,
     /// When partition discovery is next due.
@@ -319,6 +321,7 @@ impl KafkaSourceReader {
             },
             config,
             splits: Vec::new(),
+            split_indices: HashMap::new(),
             cursor: 0,
             in_flight: JoinSet::new(),
             discovery: JoinSet::new(),
@@ -357,7 +360,7 @@ impl KafkaSourceReader {
                 None
             };
             debug!(split = %tp, start, ?end, restored = restored_offset.is_some(), "source split");
-            reader.splits.push(Split::new(tp, start, end));
+            reader.add_split(Split::new(tp, start, end));
         }
         info!(
             subtask,
@@ -497,7 +500,14 @@ impl KafkaSourceReader {
     }
 
     fn split_index(&self, tp: &TopicPartition) -> Option<usize> {
-        self.splits.iter().position(|s| &s.tp == tp)
+        self.split_indices.get(tp).copied()
+    }
+
+    /// Adds a split under the next index.
+    fn add_split(&mut self, split: Split) {
+        self.split_indices
+            .insert(split.tp.clone(), self.splits.len());
+        self.splits.push(split);
     }
 
     /// A fetch of split `index` at `offset` was refused as out of range: fail, or reset to the
@@ -578,7 +588,7 @@ impl KafkaSourceReader {
                 continue;
             }
             info!(subtask = self.ownership.subtask, split = %tp, start, "discovered a new partition");
-            self.splits.push(Split::new(tp, start, None));
+            self.add_split(Split::new(tp, start, None));
         }
         if let Some(interval_ms) = self.config.discovery_interval_ms {
             self.next_discovery = Some(Instant::now() + Duration::from_millis(interval_ms));
