@@ -280,7 +280,7 @@ async fn polls_cancelled_at_random_moments_lose_and_duplicate_nothing() {
     bounded(async {
         let client = client().await;
         let topic = create_topic(&client, "src-cancel", 3).await;
-        let expected = write_interleaved(&client, &topic, 3, 10, 5, "c").await;
+        let expected = write_interleaved(&client, &topic, 3, 20, 5, "c").await;
         let ends = ends(&client, &topic, 3).await;
         // Small polls, and discovery due at almost every poll: cancellations land in metadata
         // refreshes and offset lookups as well as in fetches and between them.
@@ -528,6 +528,8 @@ async fn checkpointed_offsets_committed_to_the_lag_group_show_in_kafkas_tool() {
         };
         let mut reader = open(&client, with_group, 0, 1, &[]).await;
         take(&mut reader, 2).await;
+        let lag: i64 = reader.lag().iter().map(|(_, behind)| behind.unwrap()).sum();
+        assert!(lag > 0, "{:?}", reader.lag());
         let checkpoint = reader.positions();
         reader.commit_to_group(&checkpoint).await.unwrap();
         let expected: BTreeMap<i32, i64> = checkpoint
@@ -538,6 +540,11 @@ async fn checkpointed_offsets_committed_to_the_lag_group_show_in_kafkas_tool() {
         // A later checkpoint moves them on.
         let ends = ends(&client, &topic, 2).await;
         drain(&mut reader, &ends).await;
+        assert!(
+            reader.lag().iter().all(|(_, behind)| *behind == Some(0)),
+            "{:?}",
+            reader.lag()
+        );
         let checkpoint = reader.positions();
         reader.commit_to_group(&checkpoint).await.unwrap();
         let expected: BTreeMap<i32, i64> = ends.iter().map(|((_, p), o)| (*p, *o)).collect();
@@ -591,6 +598,81 @@ async fn position_outside_the_log_is_an_error_or_an_announced_reset() {
             "reset to the log start"
         );
         seen.extend(drain(&mut reader, &end).await);
+        assert_eq!(sorted(seen), expected);
+    })
+    .await
+    .expect("test bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_records_come_back_without_waiting_for_the_fetch_in_flight() {
+    bounded(async {
+        let client = client().await;
+        let topic = create_topic(&client, "src-prompt", 1).await;
+        let expected = write_interleaved(&client, &topic, 1, 2, 25, "p").await;
+        // The broker holds a fetch that finds no new data for 10 s.
+        let slow = KafkaSourceConfig {
+            fetch: FetchConfig {
+                max_wait_ms: 10_000,
+                ..FetchConfig::default()
+            },
+            records_per_poll_max: 5,
+            ..KafkaSourceConfig::new([topic.as_str()])
+        };
+        let mut reader = open(&client, slow, 0, 1, &[]).await;
+        let mut seen = Vec::new();
+        let mut batch = Vec::new();
+        assert_eq!(reader.poll(&mut batch).await.unwrap(), SourcePoll::Records);
+        seen.extend(batch.iter().map(value));
+        // Every record is buffered now and the next fetch (past the end) sits at the broker:
+        // each poll must hand out buffered records on its very first step, without awaiting
+        // anything — a zero timeout lets nothing else through.
+        while seen.len() < expected.len() {
+            let mut batch = Vec::new();
+            let polled = tokio::time::timeout(Duration::ZERO, reader.poll(&mut batch)).await;
+            assert_eq!(
+                polled.map(Result::unwrap),
+                Ok(SourcePoll::Records),
+                "poll waited although records were buffered ({} of {} handed out)",
+                seen.len(),
+                expected.len()
+            );
+            seen.extend(batch.iter().map(value));
+        }
+        assert_eq!(sorted(seen), expected);
+    })
+    .await
+    .expect("test bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_created_after_the_checkpoint_starts_at_the_earliest_offset() {
+    bounded(async {
+        let client = client().await;
+        let topic = create_topic(&client, "src-grown", 2).await;
+        let mut expected = write_interleaved(&client, &topic, 2, 2, 4, "a").await;
+        let mut reader = open(&client, config(&topic), 0, 1, &[]).await;
+        let ends_before = ends(&client, &topic, 2).await;
+        let mut seen = drain(&mut reader, &ends_before).await;
+        let checkpoint = reader.positions();
+        drop(reader);
+        // While the job is down the topic grows a partition and records arrive everywhere.
+        Admin::new(client.clone())
+            .create_partitions(&topic, 3)
+            .await
+            .unwrap();
+        expected.extend(write_interleaved(&client, &topic, 3, 2, 3, "b").await);
+        expected.sort();
+        // Even with `Latest` for fresh starts, the new partition is read from its start: the
+        // checkpoint knows the topic, so the partition is newer than the checkpoint.
+        let latest = KafkaSourceConfig {
+            starting: exactly::runtime::source::StartingOffsets::Latest,
+            ..config(&topic)
+        };
+        let mut reader = open(&client, latest, 0, 1, &checkpoint).await;
+        assert_eq!(reader.splits().len(), 3);
+        let ends_after = ends(&client, &topic, 3).await;
+        seen.extend(drain(&mut reader, &ends_after).await);
         assert_eq!(sorted(seen), expected);
     })
     .await

@@ -17,11 +17,14 @@
 //!   answer in every process; restored offsets are those of *all* splits of the job (whatever
 //!   parallelism wrote them) and each reader takes its own, which is how rescaling works.
 //! - **One fetch for all splits** ([`Fetcher::fetch_partitions`], one request per leader),
-//!   into a buffer that holds at most one fetch response; a new fetch starts only when the
-//!   buffer is empty, and [`poll`](KafkaSourceReader::poll) hands out at most
-//!   `records_per_poll_max` records, round-robin over the splits.
+//!   running in the background while the buffer runs low (`prefetch_records_low`), so that
+//!   reading overlaps processing; the buffer holds at most that many records plus one fetch
+//!   response. [`poll`](KafkaSourceReader::poll) hands out at most `records_per_poll_max`
+//!   records, round-robin over the splits, and never waits for a fetch while records are
+//!   buffered.
 //! - **Cancel safe `poll`**, so a task can `select!` between it and its control channel
-//!   (barriers): all awaiting happens before any state changes, and records reach the caller's
+//!   (barriers): the fetch task belongs to the reader, not to the `poll` future; its results
+//!   change the reader's state only in synchronous steps, and records reach the caller's
 //!   vector only in the synchronous last step.
 //! - **Bounded mode** for backfills: the end offsets (last stable offsets under
 //!   `read_committed`) are taken at open, and [`SourcePoll::End`] comes once every split reached
@@ -36,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -88,11 +92,17 @@ pub struct KafkaSourceConfig {
     pub records_per_poll_max: usize,
     /// What to do when a position is outside the log.
     pub offset_out_of_range: OffsetReset,
+    /// A fetch of the next records starts in the background while fewer than this many are
+    /// buffered, so that reading overlaps processing; 0 fetches only when the buffer is empty.
+    /// The buffer holds at most this many records plus one fetch response
+    /// (`fetch.max_bytes`).
+    pub prefetch_records_low: usize,
 }
 
 impl KafkaSourceConfig {
     /// Reads `topics` from the earliest offset, unbounded, `read_committed`, no discovery, no
-    /// lag group, at most 1,000 records per poll, failing on an offset out of range.
+    /// lag group, at most 1,000 records per poll, prefetching below 2,000 buffered records,
+    /// failing on an offset out of range.
     pub fn new(topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self {
             topics: topics.into_iter().map(Into::into).collect(),
@@ -103,6 +113,7 @@ impl KafkaSourceConfig {
             lag_group: None,
             records_per_poll_max: 1_000,
             offset_out_of_range: OffsetReset::Fail,
+            prefetch_records_low: 2_000,
         }
     }
 
@@ -206,6 +217,9 @@ struct Split {
     buffer: VecDeque<Record>,
     /// Bounded mode: where this split ends.
     end_offset: Option<i64>,
+    /// The end of the log (last stable offset under `read_committed`, high watermark
+    /// otherwise) as the latest fetch reported it.
+    log_end_seen: Option<i64>,
 }
 
 impl Split {
@@ -216,6 +230,7 @@ impl Split {
             fetch_offset: start,
             buffer: VecDeque::new(),
             end_offset,
+            log_end_seen: None,
         }
     }
 
@@ -230,8 +245,10 @@ impl Split {
         self.buffer.is_empty() && self.end_offset.is_some_and(|end| self.fetch_offset >= end)
     }
 
-    /// Takes in what a fetch at `self.fetch_offset` returned.
-    fn apply(&mut self, fetched: FetchedPartition) {
+    /// Takes in what a fetch at `self.fetch_offset` with `isolation` returned.
+    fn apply(&mut self, fetched: FetchedPartition, isolation: Isolation) {
+        self.log_end_seen =
+            Some(isolation.end_offset(fetched.high_watermark, fetched.last_stable_offset));
         let mut next = fetched.next_offset;
         let mut records = fetched.records;
         if let Some(end) = self.end_offset {
@@ -250,15 +267,24 @@ pub struct KafkaSourceReader {
     client: Client,
     fetcher: Fetcher,
     config: KafkaSourceConfig,
-    subtask: usize,
-    parallelism: usize,
-    assigner: Arc<dyn SplitAssigner>,
+    ownership: Ownership,
     splits: Vec<Split>,
+    /// The index of each split in `splits`.
+    split_indices: HashMap<TopicPartition, usize>,
     /// Where the next round-robin hand-out starts.
     cursor: usize,
     /// When partition discovery is next due.
     next_discovery: Option<Instant>,
+    /// The fetch running in the background (at most one); dropped, and so aborted, with the
+    /// reader.
+    in_flight: JoinSet<FetchResults>,
+    /// The partition discovery running in the background (at most one): the new partitions
+    /// this subtask owns, with their earliest offsets.
+    discovery: JoinSet<Result<Vec<(TopicPartition, i64)>, RuntimeError>>,
 }
+
+/// What one background fetch returns: per split asked for, the offset asked at and the answer.
+type FetchResults = Vec<((TopicPartition, i64), Result<FetchedPartition, ClientError>)>;
 
 impl KafkaSourceReader {
     /// Opens the reader of source subtask `subtask` of `parallelism`: lists the topics'
@@ -282,16 +308,23 @@ impl KafkaSourceReader {
         config.validate(subtask, parallelism)?;
         let mut reader = Self {
             fetcher: Fetcher::new(client.clone(), config.fetch.clone()),
-            client,
+            client: client.clone(),
             next_discovery: config
                 .discovery_interval_ms
                 .map(|ms| Instant::now() + Duration::from_millis(ms)),
+            ownership: Ownership {
+                client: client.clone(),
+                topics: config.topics.clone(),
+                assigner,
+                subtask,
+                parallelism,
+            },
             config,
-            subtask,
-            parallelism,
-            assigner,
             splits: Vec::new(),
+            split_indices: HashMap::new(),
             cursor: 0,
+            in_flight: JoinSet::new(),
+            discovery: JoinSet::new(),
         };
         let restored_offsets: HashMap<(&str, i32), i64> = restored
             .iter()
@@ -300,7 +333,7 @@ impl KafkaSourceReader {
         let restored_topics: HashSet<&str> = restored.iter().map(|s| s.topic.as_str()).collect();
         let admin = Admin::new(reader.client.clone());
         let isolation = reader.config.fetch.isolation;
-        for tp in reader.owned_partitions().await? {
+        for tp in reader.ownership.partitions().await? {
             let restored_offset = restored_offsets.get(&(tp.topic.as_str(), tp.partition));
             let start = match restored_offset {
                 Some(offset) => *offset,
@@ -327,7 +360,7 @@ impl KafkaSourceReader {
                 None
             };
             debug!(split = %tp, start, ?end, restored = restored_offset.is_some(), "source split");
-            reader.splits.push(Split::new(tp, start, end));
+            reader.add_split(Split::new(tp, start, end));
         }
         info!(
             subtask,
@@ -339,49 +372,35 @@ impl KafkaSourceReader {
         Ok(reader)
     }
 
-    /// The partitions of the configured topics that the assigner gives this subtask, sorted,
-    /// from freshly loaded metadata.
-    async fn owned_partitions(&self) -> Result<Vec<TopicPartition>, RuntimeError> {
-        self.client.refresh_metadata(&self.config.topics).await?;
-        let mut owned = Vec::new();
-        for topic in &self.config.topics {
-            let info = self.client.topic(topic).await?;
-            for p in &info.partitions {
-                let tp = TopicPartition::new(topic.clone(), p.partition);
-                let owner = self.assigner.owner(&tp, self.parallelism);
-                if owner >= self.parallelism {
-                    return Err(RuntimeError::Config {
-                        key: "assigner",
-                        reason: format!(
-                            "{:?} gave {tp} to subtask {owner}, which does not exist at \
-                             parallelism {}",
-                            self.assigner, self.parallelism
-                        ),
-                    });
-                }
-                if owner == self.subtask {
-                    owned.push(tp);
-                }
-            }
-        }
-        owned.sort();
-        owned.dedup();
-        Ok(owned)
-    }
-
-    /// Appends up to `records_per_poll_max` records to `out`: buffered ones at once, otherwise
-    /// those of one fetch of every split (which waits at most `fetch.max_wait_ms` for data).
-    /// Looks for new partitions first when discovery is due.
+    /// Appends up to `records_per_poll_max` records to `out`. Buffered records come back at
+    /// once, without waiting for any fetch; with nothing buffered it waits for the fetch in
+    /// flight (or starts one), which the broker holds at most `fetch.max_wait_ms` when there is
+    /// no data, then returns [`SourcePoll::Idle`] if it brought nothing. Meanwhile it keeps one
+    /// fetch of every split running in the background whenever fewer than
+    /// `prefetch_records_low` records are buffered, so that reading overlaps processing, and,
+    /// when discovery is due, a look for new partitions.
     ///
     /// # Cancel safety
-    /// Cancel safe: dropping the future at any await point loses and duplicates nothing.
-    /// Fetched records enter the reader's buffer, and positions move, only after a fetch has
-    /// completed and without awaiting in between; records reach `out` only in the last,
-    /// synchronous step. A dropped fetch is simply made again by the next call.
+    /// Cancel safe: dropping the future at any await point loses and duplicates nothing. The
+    /// fetch and the discovery run as tasks owned by the reader and survive a dropped `poll`;
+    /// their results enter the reader's state only in synchronous steps after they completed;
+    /// records reach `out` only in the last, synchronous step before returning.
     pub async fn poll(&mut self, out: &mut Vec<SourceRecord>) -> Result<SourcePoll, RuntimeError> {
-        self.discover_if_due().await?;
-        let mut fetched = false;
+        let mut waited = false;
         loop {
+            // Background work that has completed: take it in, without waiting.
+            if let Some(done) = self.discovery.try_join_next() {
+                self.take_in_discovery(done)?;
+            }
+            if let Some(done) = self.in_flight.try_join_next() {
+                self.take_in(done).await?;
+            }
+            self.start_discovery_if_due();
+            if self.in_flight.is_empty()
+                && self.buffered_records() < self.config.prefetch_records_low
+            {
+                self.start_fetch();
+            }
             let max = self.config.records_per_poll_max;
             if hand_out(&mut self.splits, &mut self.cursor, max, out) > 0 {
                 return Ok(SourcePoll::Records);
@@ -389,43 +408,82 @@ impl KafkaSourceReader {
             if self.config.bounded && self.splits.iter().all(Split::finished) {
                 return Ok(SourcePoll::End);
             }
-            if fetched {
+            if waited {
                 return Ok(SourcePoll::Idle);
             }
-            self.fetch().await?;
-            fetched = true;
+            // Nothing buffered: the one place that waits.
+            if self.in_flight.is_empty() {
+                self.start_fetch();
+            }
+            if let Some(done) = self.in_flight.join_next().await {
+                self.take_in(done).await?;
+            } else if let Some(done) = self.discovery.join_next().await {
+                self.take_in_discovery(done)?;
+            } else {
+                self.wait_without_splits().await;
+            }
+            waited = true;
         }
     }
 
-    /// One fetch of every split that is not finished, applied to the buffers.
-    async fn fetch(&mut self) -> Result<(), RuntimeError> {
+    /// How many fetched records wait to be handed out.
+    fn buffered_records(&self) -> usize {
+        self.splits.iter().map(|s| s.buffer.len()).sum()
+    }
+
+    /// Starts one fetch of every split that has not reached its end, as a task of the reader.
+    /// Does nothing when there is no such split.
+    fn start_fetch(&mut self) {
         let wanted: Vec<(TopicPartition, i64)> = self
             .splits
             .iter()
-            .filter(|s| s.buffer.is_empty() && s.end_offset.is_none_or(|e| s.fetch_offset < e))
+            .filter(|s| s.end_offset.is_none_or(|e| s.fetch_offset < e))
             .map(|s| (s.tp.clone(), s.fetch_offset))
             .collect();
         if wanted.is_empty() {
-            // No split at all (more subtasks than partitions): wait as a fetch would, so that
-            // the caller's loop does not spin.
-            let wait_ms = u64::try_from(self.config.fetch.max_wait_ms).unwrap_or(0);
-            let mut wake = Instant::now() + Duration::from_millis(wait_ms);
-            if let Some(due) = self.next_discovery {
-                wake = wake.min(due);
-            }
-            tokio::time::sleep_until(wake).await;
-            return Ok(());
+            return;
         }
-        let results = self.fetcher.fetch_partitions(&wanted).await;
-        // From here on nothing awaits until every successful result is applied.
+        let fetcher = self.fetcher.clone();
+        self.in_flight.spawn(async move {
+            let results = fetcher.fetch_partitions(&wanted).await;
+            wanted.into_iter().zip(results).collect()
+        });
+    }
+
+    /// No split to fetch (more subtasks than partitions): waits as a fetch would, or until
+    /// discovery is due, so that the caller's loop does not spin.
+    async fn wait_without_splits(&self) {
+        let wait_ms = u64::try_from(self.config.fetch.max_wait_ms).unwrap_or(0);
+        let mut wake = Instant::now() + Duration::from_millis(wait_ms);
+        if let Some(due) = self.next_discovery {
+            wake = wake.min(due);
+        }
+        tokio::time::sleep_until(wake).await;
+    }
+
+    /// Takes in a completed fetch: records into the buffers, positions moved. Results for a
+    /// split whose fetch offset has moved since the fetch started are stale and dropped.
+    async fn take_in(
+        &mut self,
+        done: Result<FetchResults, tokio::task::JoinError>,
+    ) -> Result<(), RuntimeError> {
+        let results = done.map_err(|e| RuntimeError::TaskFailed {
+            task: format!("source {} fetch", self.ownership.subtask),
+            reason: e.to_string(),
+        })?;
+        // Nothing awaits until every successful result is applied.
+        let isolation = self.config.fetch.isolation;
         let mut out_of_range = Vec::new();
         let mut failure = None;
-        for ((tp, offset), result) in wanted.into_iter().zip(results) {
+        for ((tp, offset), result) in results {
             let Some(index) = self.split_index(&tp) else {
                 continue;
             };
+            if self.splits[index].fetch_offset != offset {
+                continue;
+            }
             match result {
-                Ok(fetched) => self.splits[index].apply(fetched),
+                Ok(fetched) => self.splits[index].apply(fetched, isolation),
                 Err(ClientError::OffsetOutOfRange { .. }) => out_of_range.push((index, offset)),
                 Err(e) => {
                     failure.get_or_insert(e);
@@ -442,7 +500,14 @@ impl KafkaSourceReader {
     }
 
     fn split_index(&self, tp: &TopicPartition) -> Option<usize> {
-        self.splits.iter().position(|s| &s.tp == tp)
+        self.split_indices.get(tp).copied()
+    }
+
+    /// Adds a split under the next index.
+    fn add_split(&mut self, split: Split) {
+        self.split_indices
+            .insert(split.tp.clone(), self.splits.len());
+        self.splits.push(split);
     }
 
     /// A fetch of split `index` at `offset` was refused as out of range: fail, or reset to the
@@ -491,37 +556,43 @@ impl KafkaSourceReader {
         }
     }
 
-    /// Adds the partitions created since the last look that this subtask owns, when discovery
-    /// is due. They start at the earliest offset. Cancel safe: splits are added, and the next
-    /// look scheduled, only once every lookup has completed.
-    async fn discover_if_due(&mut self) -> Result<(), RuntimeError> {
-        let (Some(due), Some(interval_ms)) =
-            (self.next_discovery, self.config.discovery_interval_ms)
-        else {
-            return Ok(());
+    /// Starts a look for new partitions in the background when discovery is due and none is
+    /// running.
+    fn start_discovery_if_due(&mut self) {
+        let Some(due) = self.next_discovery else {
+            return;
         };
-        if Instant::now() < due {
-            return Ok(());
+        if !self.discovery.is_empty() || Instant::now() < due {
+            return;
         }
-        let mut found = Vec::new();
-        for tp in self.owned_partitions().await? {
-            if self.split_index(&tp).is_none() {
-                let start = Admin::new(self.client.clone())
-                    .list_offset(
-                        &tp.topic,
-                        tp.partition,
-                        OffsetSpec::Earliest,
-                        self.config.fetch.isolation,
-                    )
-                    .await?;
-                found.push((tp, start));
-            }
-        }
+        let known: HashSet<TopicPartition> = self.splits.iter().map(|s| s.tp.clone()).collect();
+        let look = self
+            .ownership
+            .clone()
+            .new_partitions(known, self.config.fetch.isolation);
+        self.discovery.spawn(look);
+    }
+
+    /// Adds the partitions a completed discovery found (they start at the earliest offset) and
+    /// schedules the next look.
+    fn take_in_discovery(
+        &mut self,
+        done: Result<Result<Vec<(TopicPartition, i64)>, RuntimeError>, tokio::task::JoinError>,
+    ) -> Result<(), RuntimeError> {
+        let found = done.map_err(|e| RuntimeError::TaskFailed {
+            task: format!("source {} partition discovery", self.ownership.subtask),
+            reason: e.to_string(),
+        })??;
         for (tp, start) in found {
-            info!(subtask = self.subtask, split = %tp, start, "discovered a new partition");
-            self.splits.push(Split::new(tp, start, None));
+            if self.split_index(&tp).is_some() {
+                continue;
+            }
+            info!(subtask = self.ownership.subtask, split = %tp, start, "discovered a new partition");
+            self.add_split(Split::new(tp, start, None));
         }
-        self.next_discovery = Some(Instant::now() + Duration::from_millis(interval_ms));
+        if let Some(interval_ms) = self.config.discovery_interval_ms {
+            self.next_discovery = Some(Instant::now() + Duration::from_millis(interval_ms));
+        }
         Ok(())
     }
 
@@ -557,9 +628,23 @@ impl KafkaSourceReader {
         })
     }
 
+    /// Per split, in split index order, how many offsets its position is behind the end of
+    /// the log as the latest fetch saw it (the last stable offset under `read_committed`; the
+    /// count includes transaction markers and aborted records): the consumer lag, for metrics.
+    /// `None` for a split not fetched yet.
+    pub fn lag(&self) -> Vec<(TopicPartition, Option<i64>)> {
+        self.splits
+            .iter()
+            .map(|s| {
+                let behind = s.log_end_seen.map(|end| (end - s.position()).max(0));
+                (s.tp.clone(), behind)
+            })
+            .collect()
+    }
+
     /// Which subtask this reader is.
     pub fn subtask(&self) -> usize {
-        self.subtask
+        self.ownership.subtask
     }
 
     /// Commits `offsets` (normally those of a completed checkpoint) to the configured
@@ -587,6 +672,66 @@ impl KafkaSourceReader {
             .commit_group_offsets(group, &offsets)
             .await?;
         Ok(())
+    }
+}
+
+/// Who reads what: the partitions of `topics` that `assigner` gives `subtask` of `parallelism`,
+/// sorted, from freshly loaded metadata.
+#[derive(Debug, Clone)]
+struct Ownership {
+    client: Client,
+    topics: Vec<String>,
+    assigner: Arc<dyn SplitAssigner>,
+    subtask: usize,
+    parallelism: usize,
+}
+
+impl Ownership {
+    async fn partitions(&self) -> Result<Vec<TopicPartition>, RuntimeError> {
+        self.client.refresh_metadata(&self.topics).await?;
+        let mut owned = Vec::new();
+        for topic in &self.topics {
+            let info = self.client.topic(topic).await?;
+            for p in &info.partitions {
+                let tp = TopicPartition::new(topic.clone(), p.partition);
+                let owner = self.assigner.owner(&tp, self.parallelism);
+                if owner >= self.parallelism {
+                    return Err(RuntimeError::Config {
+                        key: "assigner",
+                        reason: format!(
+                            "{:?} gave {tp} to subtask {owner}, which does not exist at \
+                             parallelism {}",
+                            self.assigner, self.parallelism
+                        ),
+                    });
+                }
+                if owner == self.subtask {
+                    owned.push(tp);
+                }
+            }
+        }
+        owned.sort();
+        owned.dedup();
+        Ok(owned)
+    }
+
+    /// The owned partitions not in `known`, each with its earliest offset (under `isolation`).
+    async fn new_partitions(
+        self,
+        known: HashSet<TopicPartition>,
+        isolation: Isolation,
+    ) -> Result<Vec<(TopicPartition, i64)>, RuntimeError> {
+        let admin = Admin::new(self.client.clone());
+        let mut found = Vec::new();
+        for tp in self.partitions().await? {
+            if !known.contains(&tp) {
+                let start = admin
+                    .list_offset(&tp.topic, tp.partition, OffsetSpec::Earliest, isolation)
+                    .await?;
+                found.push((tp, start));
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -639,6 +784,22 @@ mod tests {
         }
     }
 
+    impl Split {
+        fn apply_rc(&mut self, fetched: FetchedPartition) {
+            self.apply(fetched, Isolation::ReadCommitted);
+        }
+    }
+
+    /// The reader and its `poll` future can move between threads (tokio::spawn).
+    #[test]
+    fn reader_and_poll_are_send() {
+        fn is_send<T: Send>(_: &T) {}
+        let _ = |reader: &'static mut KafkaSourceReader, out: &'static mut Vec<SourceRecord>| {
+            is_send(&reader.poll(out));
+            is_send(&*reader);
+        };
+    }
+
     fn fetched(offsets: &[i64], next_offset: i64) -> FetchedPartition {
         FetchedPartition {
             records: offsets.iter().copied().map(record).collect(),
@@ -655,13 +816,13 @@ mod tests {
         assert_eq!(s.position(), 10);
         // Offsets 10..=12 were an aborted transaction and 13 its marker: nothing to hand out,
         // but the position moves past them.
-        s.apply(fetched(&[14, 15], 16));
+        s.apply_rc(fetched(&[14, 15], 16));
         assert_eq!(s.position(), 14);
         s.buffer.pop_front();
         assert_eq!(s.position(), 15);
         s.buffer.pop_front();
         assert_eq!(s.position(), 16);
-        s.apply(fetched(&[], 20));
+        s.apply_rc(fetched(&[], 20));
         assert_eq!(s.position(), 20);
     }
 
@@ -669,7 +830,7 @@ mod tests {
     fn bounded_split_stops_at_its_end() {
         let mut s = Split::new(TopicPartition::new("t", 0), 0, Some(3));
         assert!(!s.finished());
-        s.apply(fetched(&[0, 1, 2, 3, 4], 5));
+        s.apply_rc(fetched(&[0, 1, 2, 3, 4], 5));
         assert_eq!(s.buffer.len(), 3);
         assert_eq!(s.fetch_offset, 3);
         assert!(!s.finished(), "records still buffered");
@@ -682,9 +843,9 @@ mod tests {
     #[test]
     fn hand_out_is_bounded_and_fair() {
         let mut a = Split::new(TopicPartition::new("t", 0), 0, None);
-        a.apply(fetched(&(0..10).collect::<Vec<_>>(), 10));
+        a.apply_rc(fetched(&(0..10).collect::<Vec<_>>(), 10));
         let mut b = Split::new(TopicPartition::new("t", 1), 0, None);
-        b.apply(fetched(&[0, 1], 2));
+        b.apply_rc(fetched(&[0, 1], 2));
         let mut splits = vec![a, b];
         let mut cursor = 0;
         let mut out = Vec::new();

@@ -13,8 +13,52 @@
 //! | [`watermark`] | bounded-out-of-orderness watermarks per split, combined by minimum, idleness |
 //!
 //! The task loop polls a reader inside `tokio::select!` next to its control channel, which is
-//! why [`kafka::KafkaSourceReader::poll`] is cancel safe. An in-memory source for benchmarks
-//! and tests sits next to these.
+//! why [`kafka::KafkaSourceReader::poll`] is cancel safe. Room is left here for an in-memory
+//! source (benchmarks, tests) with the same shape.
+//!
+//! A source task, in outline:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use exactly::client::{Client, ClientConfig};
+//! use exactly::runtime::source::*;
+//!
+//! # async fn task(mut barriers: tokio::sync::mpsc::Receiver<u64>, restored: Vec<SplitOffset>)
+//! #     -> Result<(), exactly::runtime::RuntimeError> {
+//! let client = Client::connect(ClientConfig::new("localhost:9092")).await?;
+//! let config = KafkaSourceConfig::new(["transactions"]);
+//! let mut reader =
+//!     KafkaSourceReader::open(client, config, 0, 2, &restored, Arc::new(StaticAssigner)).await?;
+//! let mut watermarks = WatermarkGenerator::new(WatermarkConfig::default(), reader.splits().len());
+//! let mut buf = Vec::new();
+//! loop {
+//!     tokio::select! {
+//!         biased;
+//!         Some(checkpoint_id) = barriers.recv() => {
+//!             let offsets = reader.positions(); // goes into checkpoint `checkpoint_id`
+//!             # let _ = (checkpoint_id, offsets);
+//!             // ... then emit barrier `checkpoint_id` downstream
+//!         }
+//!         polled = reader.poll(&mut buf) => {
+//!             if polled? == SourcePoll::End {
+//!                 watermarks.end_of_input(); // MAX_WATERMARK: every window fires
+//!                 break;
+//!             }
+//!             watermarks.ensure_splits(reader.splits().len());
+//!             for r in buf.drain(..) {
+//!                 let event_ms = r.record.timestamp; // or a field of the deserialized value
+//!                 watermarks.on_record(r.split, event_ms);
+//!                 // ... send downstream
+//!             }
+//!             # let now_ms = 0;
+//!             watermarks.on_idle_check(now_ms);
+//!             let _status = watermarks.current(); // send downstream when it moved
+//!         }
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod assigner;
 pub mod kafka;
