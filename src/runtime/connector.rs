@@ -88,6 +88,13 @@ pub trait SinkWriter: Send + 'static {
     fn flush_commits(&mut self) -> BoxFuture<'_, Result<(), RuntimeError>>;
     /// Stops: aborts what is open and not prepared.
     fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), RuntimeError>>;
+    /// Whether [`write`](Self::write) can take records now. A two-phase-commit sink with a
+    /// bounded pool of transactions cannot after a barrier while every transaction of its pool
+    /// waits for a checkpoint to complete; the subtask then stops reading its inputs until the
+    /// completion notice (backpressure) instead of failing.
+    fn writable(&self) -> bool {
+        true
+    }
 }
 
 /// What recovery of a sink did.
@@ -111,6 +118,11 @@ pub trait SinkFactory: Send + Sync + 'static {
         properties: &'a BTreeMap<String, String>,
         parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>>;
+    /// Checks the sink's settings against the job's checkpoint settings (e.g. a transaction
+    /// timeout that outlasts a checkpoint), before anything runs.
+    fn validate<'a>(&'a self, _checkpoint: &'a super::job::CheckpointConfig) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Properties to keep in every checkpoint (e.g. the owner map of transactional ids).
     fn properties(&self, parallelism: usize) -> BTreeMap<String, String>;
     /// The writer of `subtask`.

@@ -103,6 +103,7 @@ where
         };
         let mut report = JobReport { restored_from: restored.as_ref().map(|r| r.id), ..JobReport::default() };
         let Job { output, sink, encode, .. } = self;
+        sink.validate(&config.checkpoint).await?;
         let keyed = output.keyed;
         let source_stream = keyed.input.stream;
 

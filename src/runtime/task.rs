@@ -277,7 +277,7 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
                         return Ok(());
                     }
                 },
-                m = self.inputs.recv() => match m {
+                m = self.inputs.recv(), if self.sink.writable() => match m {
                     None => return Ok(()),
                     Some((_, Message::Records(batch))) => {
                         for r in batch {
