@@ -41,12 +41,15 @@ pub trait SourceReader: Send + 'static {
 /// Creates the source's subtask readers.
 pub trait SourceFactory: Send + Sync + 'static {
     /// The reader of `subtask` of `parallelism`, starting at the restored positions (of every
-    /// split of the job, whatever parallelism wrote them; each reader takes its own).
+    /// split of the job, whatever parallelism wrote them; each reader takes its own). With
+    /// `stop_at`, the reader is bounded at those positions (a split not listed reads nothing):
+    /// the runtime replays up to a checkpoint's positions with it.
     fn create(
         &self,
         subtask: usize,
         parallelism: usize,
         restored: Vec<SplitOffset>,
+        stop_at: Option<Vec<SplitOffset>>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>>;
 }
 
@@ -148,7 +151,8 @@ impl MemorySource {
 
 struct MemoryReader {
     splits: Arc<Vec<Vec<Record>>>,
-    mine: Vec<(usize, usize)>,
+    /// (split, next, end)
+    mine: Vec<(usize, usize, usize)>,
     batch: usize,
     next: usize,
 }
@@ -159,15 +163,20 @@ impl SourceFactory for MemorySource {
         subtask: usize,
         parallelism: usize,
         restored: Vec<SplitOffset>,
+        stop_at: Option<Vec<SplitOffset>>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>> {
-        let mine = (0..self.splits.len())
+        let find = |list: &[SplitOffset], s: usize| {
+            list.iter().find(|p| p.topic == MEMORY_TOPIC && p.partition == s as i32).map(|p| p.next_offset as usize)
+        };
+        let mine: Vec<(usize, usize, usize)> = (0..self.splits.len())
             .filter(|s| s % parallelism == subtask)
             .map(|s| {
-                let at = restored
-                    .iter()
-                    .find(|p| p.topic == MEMORY_TOPIC && p.partition == s as i32)
-                    .map_or(0, |p| p.next_offset as usize);
-                (s, at)
+                let at = find(&restored, s).unwrap_or(0);
+                let end = match &stop_at {
+                    Some(stop) => find(stop, s).unwrap_or(at).min(self.splits[s].len()),
+                    None => self.splits[s].len(),
+                };
+                (s, at, end)
             })
             .collect();
         let reader = MemoryReader { splits: self.splits.clone(), mine, batch: self.batch, next: 0 };
@@ -182,10 +191,10 @@ impl SourceReader for MemoryReader {
             for _ in 0..self.mine.len() {
                 let i = self.next % self.mine.len();
                 self.next += 1;
-                let (s, at) = self.mine[i];
+                let (s, at, stop) = self.mine[i];
                 let split = &self.splits[s];
-                if at < split.len() {
-                    let end = (at + self.batch).min(split.len());
+                if at < stop {
+                    let end = (at + self.batch).min(stop);
                     let topic: Arc<str> = Arc::from(MEMORY_TOPIC);
                     out.extend(split[at..end].iter().map(|r| SourceRecord {
                         split: i,
@@ -206,7 +215,7 @@ impl SourceReader for MemoryReader {
     fn positions(&self) -> Vec<SplitOffset> {
         self.mine
             .iter()
-            .map(|(s, at)| SplitOffset { topic: MEMORY_TOPIC.into(), partition: *s as i32, next_offset: *at as i64 })
+            .map(|(s, at, _)| SplitOffset { topic: MEMORY_TOPIC.into(), partition: *s as i32, next_offset: *at as i64 })
             .collect()
     }
 }

@@ -44,11 +44,17 @@ impl SourceFactory for KafkaSource {
         subtask: usize,
         parallelism: usize,
         restored: Vec<SplitOffset>,
+        stop_at: Option<Vec<SplitOffset>>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>> {
         Box::pin(async move {
+            let mut config = self.config.clone();
+            if stop_at.is_some() {
+                config.stop_at = stop_at;
+                config.discovery_interval_ms = None;
+            }
             let reader = KafkaSourceReader::open(
                 self.client.clone(),
-                self.config.clone(),
+                config,
                 subtask,
                 parallelism,
                 &restored,
