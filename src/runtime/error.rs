@@ -55,4 +55,14 @@ pub enum RuntimeError {
     },
     // Helpers: add the variants your module needs below this line, in your own block with a
     // comment naming the module; the integrator merges the blocks.
+
+    // --- state (src/runtime/state): snapshot files and the checkpoint store ---
+    /// State could not be written to a snapshot (serialization failed, a limit was exceeded).
+    #[error("cannot snapshot {what}: {reason}")]
+    SnapshotWrite {
+        /// The section or file being written.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
 }

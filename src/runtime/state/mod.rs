@@ -1,1 +1,15 @@
-//! (being built)
+//! Keyed state, timers, snapshot files and the checkpoint store of the operator runtime.
+//!
+//! (module docs: see the end of this work)
+#![deny(unsafe_code)]
+
+pub mod keygroup;
+mod mmap;
+pub mod snapshot;
+
+pub use keygroup::{
+    key_group_of, subtask_for_key_group, KeyGroupRange, StableHash, DEFAULT_KEY_GROUPS,
+};
+pub use snapshot::{
+    type_fingerprint, MappedSection, SectionInfo, SnapshotFile, SnapshotWriter, StateSerializer,
+};
