@@ -322,7 +322,10 @@ mod tests {
             counts[usize::from(key_group_of(user.stable_hash(), 128))] += 1;
         }
         // 1000 expected per group; allow a generous spread.
-        assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     proptest! {

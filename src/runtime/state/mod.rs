@@ -6,10 +6,15 @@
 pub mod keygroup;
 mod mmap;
 pub mod snapshot;
+pub mod table;
 
 pub use keygroup::{
     key_group_of, subtask_for_key_group, KeyGroupRange, StableHash, DEFAULT_KEY_GROUPS,
 };
 pub use snapshot::{
     type_fingerprint, MappedSection, SectionInfo, SnapshotFile, SnapshotWriter, StateSerializer,
+};
+pub use table::{
+    FxBuildHasher, FxHasher, ListState, MapState, StateKey, StateRef, StateTable, StateValue,
+    ValueState,
 };

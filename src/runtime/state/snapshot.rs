@@ -395,14 +395,22 @@ fn decode_header(bytes: &[u8], file_len: u64) -> Result<Header, String> {
 /// range), which keeps the file mapped while it lives.
 #[derive(Clone)]
 pub struct MappedSection {
-    backing: Arc<Backing>,
+    file: Arc<FileData>,
     offset: usize,
     len: usize,
+}
+
+/// The bytes of an open file and its path (for error messages).
+#[derive(Debug)]
+struct FileData {
+    path: PathBuf,
+    backing: Backing,
 }
 
 impl fmt::Debug for MappedSection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MappedSection")
+            .field("path", &self.file.path)
             .field("offset", &self.offset)
             .field("len", &self.len)
             .finish()
@@ -413,7 +421,17 @@ impl MappedSection {
     /// The section's bytes (16-byte aligned in memory).
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        &self.backing.bytes()[self.offset..self.offset + self.len]
+        &self.file.backing.bytes()[self.offset..self.offset + self.len]
+    }
+
+    /// The path of the file the section is in.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// A [`RuntimeError::CorruptCheckpoint`] naming this section's file.
+    pub fn corrupt(&self, reason: impl Into<String>) -> RuntimeError {
+        corrupt(&self.file.path, reason)
     }
 
     /// The section's length in bytes.
@@ -442,8 +460,7 @@ pub struct SectionInfo {
 
 /// An open, verified snapshot file: header, lengths, checksums and section table checked.
 pub struct SnapshotFile {
-    path: PathBuf,
-    backing: Arc<Backing>,
+    file: Arc<FileData>,
     schema_hash: u64,
     body_crc: u32,
     sections: Vec<SectionInfo>,
@@ -452,8 +469,8 @@ pub struct SnapshotFile {
 impl fmt::Debug for SnapshotFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SnapshotFile")
-            .field("path", &self.path)
-            .field("bytes", &self.backing.bytes().len())
+            .field("path", &self.file.path)
+            .field("bytes", &self.file.backing.bytes().len())
             .field("sections", &self.sections.len())
             .finish()
     }
@@ -520,8 +537,7 @@ impl SnapshotFile {
             Err(reason) => return Err(corrupt(&path, reason)),
         };
         Ok(SnapshotFile {
-            path,
-            backing: Arc::new(backing),
+            file: Arc::new(FileData { path, backing }),
             schema_hash: header.schema_hash,
             body_crc: header.body_crc,
             sections,
@@ -535,7 +551,7 @@ impl SnapshotFile {
             Ok(())
         } else {
             Err(corrupt(
-                &self.path,
+                &self.file.path,
                 format!(
                     "schema hash {:#018x}, expected {schema_hash:#018x}: written by a different job or state schema",
                     self.schema_hash
@@ -546,7 +562,7 @@ impl SnapshotFile {
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     /// The schema hash in the header.
@@ -561,7 +577,7 @@ impl SnapshotFile {
 
     /// The file's length in bytes.
     pub fn len(&self) -> u64 {
-        self.backing.bytes().len() as u64
+        self.file.backing.bytes().len() as u64
     }
 
     /// Whether the file has no sections.
@@ -596,7 +612,7 @@ impl SnapshotFile {
     fn mapped(&self, s: &SectionInfo) -> MappedSection {
         // Bounds were checked against the file length by `decode_table`.
         MappedSection {
-            backing: Arc::clone(&self.backing),
+            file: Arc::clone(&self.file),
             offset: s.offset as usize,
             len: s.len as usize,
         }
@@ -604,7 +620,7 @@ impl SnapshotFile {
 
     /// A [`RuntimeError::CorruptCheckpoint`] for this file.
     pub fn corrupt(&self, reason: impl Into<String>) -> RuntimeError {
-        corrupt(&self.path, reason)
+        corrupt(&self.file.path, reason)
     }
 }
 
@@ -625,7 +641,9 @@ fn decode_table(bytes: &[u8], h: &Header) -> Result<Vec<SectionInfo>, String> {
     let file_len = bytes.len() as u64;
     let count = h.section_count as usize;
     if count > SECTIONS_MAX {
-        return Err(format!("{count} sections, more than the limit {SECTIONS_MAX}"));
+        return Err(format!(
+            "{count} sections, more than the limit {SECTIONS_MAX}"
+        ));
     }
     let table_len = (count * SECTION_ENTRY_BYTES) as u64;
     if h.table_offset < HEADER_BYTES as u64
@@ -670,7 +688,10 @@ fn decode_table(bytes: &[u8], h: &Header) -> Result<Vec<SectionInfo>, String> {
                 "section {i} ({name}): offset {offset} is not {SECTION_ALIGN}-byte aligned after the header"
             ));
         }
-        if offset.checked_add(len).is_none_or(|end| end > h.table_offset) {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > h.table_offset)
+        {
             return Err(format!(
                 "section {i} ({name}): {len} bytes at offset {offset} run past the section table at {}",
                 h.table_offset
@@ -701,7 +722,8 @@ mod tests {
 
     fn sample() -> AlignedVec<16> {
         let mut w = SnapshotWriter::new(0xfeed);
-        w.add_archived("numbers", Some(3), &vec![1u64, 2, 3]).unwrap();
+        w.add_archived("numbers", Some(3), &vec![1u64, 2, 3])
+            .unwrap();
         w.add_bytes("raw", None, b"hello").unwrap();
         w.add_archived("names", Some(4), &vec!["a".to_owned(), "bc".to_owned()])
             .unwrap();
