@@ -7,6 +7,7 @@ pub mod keygroup;
 mod mmap;
 pub mod snapshot;
 pub mod table;
+pub mod timers;
 
 pub use keygroup::{
     key_group_of, subtask_for_key_group, KeyGroupRange, StableHash, DEFAULT_KEY_GROUPS,
@@ -18,3 +19,4 @@ pub use table::{
     FxBuildHasher, FxHasher, ListState, MapState, StateKey, StateRef, StateTable, StateValue,
     ValueState,
 };
+pub use timers::TimerQueue;

@@ -156,7 +156,7 @@ pub type FxBuildHasher = BuildHasherDefault<FxHasher>;
 
 /// Serializes the items of an iterator as an `ArchivedVec<Archived<T>>` — the same archived
 /// type as a `Vec<T>` — so that entries can be written from references, without cloning.
-struct SerializeIter<T, I>(I, PhantomData<fn() -> T>);
+pub(crate) struct SerializeIter<T, I>(pub(crate) I, pub(crate) PhantomData<fn() -> T>);
 
 impl<T: Archive, I: ExactSizeIterator> Archive for SerializeIter<T, I> {
     type Archived = ArchivedVec<T::Archived>;
@@ -189,7 +189,7 @@ type ArchivedEntries<K, V> = Archived<Entries<K, V>>;
 ///
 /// Only if rkyv fails to deserialize data it validated, which for state types without shared
 /// pointers (see [`StateValue`]) does not happen.
-fn deserialize<T: StateValue>(archived: &T::Archived) -> T {
+pub(crate) fn deserialize<T: StateValue>(archived: &T::Archived) -> T {
     match rkyv::deserialize::<T, rancor::Error>(archived) {
         Ok(value) => value,
         Err(e) => panic!("deserializing validated archived state failed: {e}"),
