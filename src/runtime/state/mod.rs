@@ -6,6 +6,7 @@
 pub mod keygroup;
 mod mmap;
 pub mod snapshot;
+pub mod store;
 pub mod table;
 pub mod timers;
 
@@ -14,6 +15,10 @@ pub use keygroup::{
 };
 pub use snapshot::{
     type_fingerprint, MappedSection, SectionInfo, SnapshotFile, SnapshotWriter, StateSerializer,
+};
+pub use store::{
+    CheckpointFile, CheckpointMetadata, CheckpointStore, LatestCheckpoint, LocalDirStore,
+    RejectedCheckpoint, RestoredCheckpoint,
 };
 pub use table::{
     FxBuildHasher, FxHasher, ListState, MapState, StateKey, StateRef, StateTable, StateValue,

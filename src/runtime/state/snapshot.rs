@@ -391,6 +391,13 @@ fn decode_header(bytes: &[u8], file_len: u64) -> Result<Header, String> {
     Ok(h)
 }
 
+/// The schema hash and body crc32c of a finished snapshot file held in `bytes`, after checking
+/// its header (not its body checksum).
+pub(crate) fn header_summary(bytes: &[u8]) -> Result<(u64, u32), String> {
+    let h = decode_header(bytes, bytes.len() as u64)?;
+    Ok((h.schema_hash, h.body_crc))
+}
+
 /// One section of an open snapshot file: a cheap handle (an `Arc` of the file's bytes plus a
 /// range), which keeps the file mapped while it lives.
 #[derive(Clone)]
