@@ -21,8 +21,8 @@
 //!
 //! # Archived layout of one key group
 //!
-//! `(Vec<u64>, Vec<K>, Vec<V>)`: stable hashes sorted ascending, and the keys and values in the
-//! same order. A native key is found by binary search over the dense hash array, then by
+//! `(Vec<u64>, Vec<(K, V)>)`: stable hashes sorted ascending, and the entries in the same
+//! order. A native key is found by binary search over the dense hash array, then by
 //! comparing the archived key with the native one (`Archived<K>: PartialEq<K>`) among the entries
 //! with an equal hash — no other entry is touched.
 //!
@@ -179,8 +179,91 @@ where
     }
 }
 
-/// The archived form of one key group: hashes (sorted), keys, values.
-type Entries<K, V> = (Vec<u64>, Vec<K>, Vec<V>);
+/// Serializes a slice as an `ArchivedVec<Archived<T>>` (with rkyv's copy optimization: a plain
+/// `memcpy` for primitives such as the hashes).
+struct SerializeSlice<'a, T>(&'a [T]);
+
+impl<T: Archive> Archive for SerializeSlice<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for SerializeSlice<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        ArchivedVec::<T::Archived>::serialize_from_slice(self.0, serializer)
+    }
+}
+
+/// A key and a value by reference, archived exactly like the tuple `(K, V)`.
+struct PairRef<'a, K, V>(&'a K, &'a V);
+
+impl<K: Archive, V: Archive> Archive for PairRef<'_, K, V> {
+    type Archived = ArchivedTuple2<K::Archived, V::Archived>;
+    type Resolver = (K::Resolver, V::Resolver);
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        rkyv::munge::munge!(let ArchivedTuple2(key, value) = out);
+        self.0.resolve(resolver.0, key);
+        self.1.resolve(resolver.1, value);
+    }
+}
+
+impl<K, V, S> Serialize<S> for PairRef<'_, K, V>
+where
+    K: Serialize<S>,
+    V: Serialize<S>,
+    S: Fallible + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok((self.0.serialize(serializer)?, self.1.serialize(serializer)?))
+    }
+}
+
+/// Sorts `items` by their hash (the first field): a counting sort on the top bits of the hash,
+/// which are uniform for a good `StableHash`, then each bucket sorted on its own (a bucket holds
+/// about one item). O(n) in the usual case instead of O(n log n); degrades to `sort_unstable`
+/// per bucket when hashes collide.
+fn sort_by_hash<T: Copy>(items: &mut [(u64, T)]) {
+    let n = items.len();
+    if n < 256 {
+        items.sort_unstable_by_key(|e| e.0);
+        return;
+    }
+    let bits = (usize::BITS - (n - 1).leading_zeros()).min(20);
+    let shift = 64 - bits;
+    let mut starts = vec![0usize; (1 << bits) + 1];
+    for e in items.iter() {
+        starts[(e.0 >> shift) as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut sorted = items.to_vec();
+    for e in items.iter() {
+        let bucket = (e.0 >> shift) as usize;
+        sorted[next[bucket]] = *e;
+        next[bucket] += 1;
+    }
+    for w in starts.windows(2) {
+        let bucket = &mut sorted[w[0]..w[1]];
+        if bucket.len() > 1 {
+            bucket.sort_unstable_by_key(|e| e.0);
+        }
+    }
+    items.copy_from_slice(&sorted);
+}
+
+/// The archived form of one key group: hashes (sorted), and the entries in the same order.
+type Entries<K, V> = (Vec<u64>, Vec<(K, V)>);
 type ArchivedEntries<K, V> = Archived<Entries<K, V>>;
 
 /// Deserializes a validated archived value.
@@ -235,13 +318,15 @@ impl<K: StateKey, V: StateValue> Base<K, V> {
         self.entries.get().1.len()
     }
 
+    fn key(&self, i: usize) -> &K::Archived {
+        &self.entries.get().1.as_slice()[i].0
+    }
+
     fn find(&self, hash: u64, key: &K) -> Option<usize> {
-        let archived = self.entries.get();
-        let hashes = archived.0.as_slice();
-        let keys = archived.1.as_slice();
+        let hashes = self.entries.get().0.as_slice();
         let mut i = hashes.partition_point(|h| h.to_native() < hash);
         while i < hashes.len() && hashes[i].to_native() == hash {
-            if keys[i] == *key {
+            if *self.key(i) == *key {
                 return Some(i);
             }
             i += 1;
@@ -264,7 +349,7 @@ impl<K: StateKey, V: StateValue> Base<K, V> {
     }
 
     fn value(&self, i: usize) -> &V::Archived {
-        &self.entries.get().2.as_slice()[i]
+        &self.entries.get().1.as_slice()[i].1
     }
 }
 
@@ -492,9 +577,9 @@ impl<K: StateKey, V: StateValue> StateTable<K, V> {
         }
         if let Some(base) = &group.base {
             let archived = base.entries.get();
-            for (i, (k, v)) in archived.1.iter().zip(archived.2.iter()).enumerate() {
+            for (i, entry) in archived.1.iter().enumerate() {
                 if !base.is_shadowed(i) {
-                    f(StateRef::Archived(k), StateRef::Archived(v));
+                    f(StateRef::Archived(&entry.0), StateRef::Archived(&entry.1));
                 }
             }
         }
@@ -526,21 +611,24 @@ impl<K: StateKey, V: StateValue> StateTable<K, V> {
         if let Some(base) = &group.base {
             let archived = base.entries.get();
             from_base.reserve(base.len() - base.shadowed_count);
-            for (i, (k, v)) in archived.1.iter().zip(archived.2.iter()).enumerate() {
+            for (i, entry) in archived.1.iter().enumerate() {
                 if !base.is_shadowed(i) {
-                    from_base.push((deserialize::<K>(k), deserialize::<V>(v)));
+                    from_base.push((deserialize::<K>(&entry.0), deserialize::<V>(&entry.1)));
                 }
             }
         }
-        let mut entries: Vec<(u64, &K, &V)> =
+        let mut entries: Vec<(u64, (&K, &V))> =
             Vec::with_capacity(group.live.len() + from_base.len());
-        entries.extend(group.live.iter().map(|(k, v)| (k.stable_hash(), k, v)));
-        entries.extend(from_base.iter().map(|(k, v)| (k.stable_hash(), k, v)));
-        entries.sort_unstable_by_key(|e| e.0);
+        entries.extend(group.live.iter().map(|(k, v)| (k.stable_hash(), (k, v))));
+        entries.extend(from_base.iter().map(|(k, v)| (k.stable_hash(), (k, v))));
+        sort_by_hash(&mut entries);
+        let hashes: Vec<u64> = entries.iter().map(|e| e.0).collect();
         let archive = (
-            SerializeIter::<u64, _>(entries.iter().map(|e| e.0), PhantomData),
-            SerializeIter::<K, _>(entries.iter().map(|e| e.1), PhantomData),
-            SerializeIter::<V, _>(entries.iter().map(|e| e.2), PhantomData),
+            SerializeSlice(&hashes),
+            SerializeIter::<PairRef<'_, K, V>, _>(
+                entries.iter().map(|&(_, (k, v))| PairRef(k, v)),
+                PhantomData,
+            ),
         );
         out.add_archived(self.name, Some(kg), &archive)
     }
@@ -570,11 +658,10 @@ impl<K: StateKey, V: StateValue> StateTable<K, V> {
         })?;
         let archived = entries.get();
         let len = archived.1.len();
-        if archived.0.len() != len || archived.2.len() != len {
+        if archived.0.len() != len {
             return Err(section.corrupt(format!(
-                "section {name} key group {kg}: {} hashes, {len} keys, {} values",
+                "section {name} key group {kg}: {} hashes for {len} entries",
                 archived.0.len(),
-                archived.2.len()
             )));
         }
         if archived
@@ -927,11 +1014,11 @@ mod tests {
     #[test]
     fn invalid_section_is_corrupt_checkpoint() {
         let mut w = SnapshotWriter::new(1);
-        // A valid archive of another type: three vectors of different lengths.
-        w.add_archived("n", Some(0), &(vec![1u64, 2], vec![1u64], vec![1u64]))
+        // Valid archives of the right type, but inconsistent.
+        w.add_archived("n", Some(0), &(vec![1u64, 2], vec![(1u64, 1u64)]))
             .unwrap();
         w.add_bytes("n", Some(1), &[0xff; 40]).unwrap();
-        w.add_archived("n", Some(2), &(vec![2u64, 1], vec![1u64, 2], vec![1u64, 2]))
+        w.add_archived("n", Some(2), &(vec![2u64, 1], vec![(1u64, 1u64), (2, 2)]))
             .unwrap();
         let bytes = w.finish().unwrap();
         let file = SnapshotFile::from_bytes(Path::new("t.snap"), &bytes).unwrap();
@@ -944,7 +1031,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let r0 = reason(t.restore_key_group(0, file.section("n", Some(0)).unwrap()));
-        assert_eq!(r0, "section n key group 0: 2 hashes, 1 keys, 1 values");
+        assert_eq!(r0, "section n key group 0: 2 hashes for 1 entries");
         let r1 = reason(t.restore_key_group(1, file.section("n", Some(1)).unwrap()));
         assert!(
             r1.starts_with("section n key group 1 is not a valid archive"),
@@ -1021,6 +1108,22 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn sort_by_hash_sorts(mut hashes in proptest::collection::vec(any::<u64>(), 0..3000), low_bits in any::<bool>()) {
+            if low_bits {
+                // Collisions in the top bits (all in one bucket) and duplicates.
+                hashes.iter_mut().for_each(|h| *h %= 50);
+            }
+            let mut items: Vec<(u64, usize)> = hashes.iter().copied().zip(0..).collect();
+            sort_by_hash(&mut items);
+            let mut expected = hashes.clone();
+            expected.sort_unstable();
+            prop_assert_eq!(items.iter().map(|e| e.0).collect::<Vec<_>>(), expected);
+            let mut ids: Vec<usize> = items.iter().map(|e| e.1).collect();
+            ids.sort_unstable();
+            prop_assert_eq!(ids, (0..hashes.len()).collect::<Vec<_>>());
+        }
+
         /// The table (through any number of snapshot/restore round trips) behaves like a map.
         #[test]
         fn behaves_like_a_hash_map(ops in proptest::collection::vec(op(), 0..200)) {
