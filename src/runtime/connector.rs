@@ -82,8 +82,9 @@ pub trait SinkWriter: Send + 'static {
     /// Writes (drains) `records` into the current transaction / epoch.
     fn write<'a>(&'a mut self, records: &'a mut Vec<OutputRecord>) -> BoxFuture<'a, Result<(), RuntimeError>>;
     /// The barrier of checkpoint `checkpoint_id` passed: make what was written durable but
-    /// invisible (prepare) and return what must be stored with the checkpoint to finish it.
-    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<Vec<u8>, RuntimeError>>;
+    /// invisible (prepare) and return what must be stored with the checkpoint to finish it (a
+    /// JSON document: it is kept in the checkpoint's metadata, small and readable).
+    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>>;
     /// Checkpoint `checkpoint_id` is complete: make everything prepared up to it visible.
     /// Should not wait for the commits; their errors surface in a later call.
     fn commit_up_to(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<(), RuntimeError>>;
@@ -117,7 +118,7 @@ pub trait SinkFactory: Send + Sync + 'static {
     /// what every subtask's [`SinkWriter::prepare`] returned) and clean up what it does not know.
     fn recover<'a>(
         &'a self,
-        committables: Vec<Vec<u8>>,
+        committables: Vec<serde_json::Value>,
         properties: &'a BTreeMap<String, String>,
         parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>>;
@@ -296,14 +297,14 @@ struct MemoryWriter {
 impl SinkFactory for MemorySink {
     fn recover<'a>(
         &'a self,
-        committables: Vec<Vec<u8>>,
+        committables: Vec<serde_json::Value>,
         _properties: &'a BTreeMap<String, String>,
         _parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
         Box::pin(async move {
             let mut report = SinkRecovery::default();
-            for bytes in committables {
-                let list: Vec<MemoryCommittable> = serde_json::from_slice(&bytes).map_err(|e| {
+            for value in committables {
+                let list: Vec<MemoryCommittable> = serde_json::from_value(value).map_err(|e| {
                     RuntimeError::CorruptCheckpoint { path: "memory sink committable".into(), reason: e.to_string() }
                 })?;
                 for c in list {
@@ -340,7 +341,7 @@ impl SinkWriter for MemoryWriter {
         }
         Box::pin(async { Ok(()) })
     }
-    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<Vec<u8>, RuntimeError>> {
+    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>> {
         let open = std::mem::take(&mut self.open);
         self.prepared.push((checkpoint_id, open));
         // Every epoch not yet committed goes into the checkpoint, as the Kafka sink does.
@@ -356,8 +357,8 @@ impl SinkWriter for MemoryWriter {
                     .collect(),
             })
             .collect();
-        let bytes = serde_json::to_vec(&list).expect("committable serialize");
-        Box::pin(async move { Ok(bytes) })
+        let value = serde_json::to_value(&list).expect("committable serialize");
+        Box::pin(async move { Ok(value) })
     }
     fn commit_up_to(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<(), RuntimeError>> {
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prepared).into_iter().partition(|(id, _)| *id <= checkpoint_id);

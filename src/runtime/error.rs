@@ -114,11 +114,6 @@ pub enum RuntimeError {
         reason: String,
     },
     // --- end sink ---
-}
-
-/// " of checkpoint n", or nothing (sink errors).
-fn checkpoint_label(checkpoint_id: &Option<u64>) -> String {
-    checkpoint_id.map_or_else(String::new, |n| format!(" of checkpoint {n}"))
     // --- state (src/runtime/state): snapshot files and the checkpoint store ---
     /// State could not be written to a snapshot (serialization failed, a limit was exceeded).
     #[error("cannot snapshot {what}: {reason}")]
@@ -128,4 +123,9 @@ fn checkpoint_label(checkpoint_id: &Option<u64>) -> String {
         /// Why it failed.
         reason: String,
     },
+}
+
+/// " of checkpoint n", or nothing (sink errors).
+fn checkpoint_label(checkpoint_id: &Option<u64>) -> String {
+    checkpoint_id.map_or_else(String::new, |n| format!(" of checkpoint {n}"))
 }

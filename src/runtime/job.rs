@@ -11,7 +11,6 @@
 //! Stages are plain `Fn` closures: per-subtask state belongs in keyed state, where checkpoints
 //! see it.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ use super::connector::{OutputRecord, SinkFactory, SourceFactory, Target};
 use super::source::{SourceRecord, WatermarkConfig};
 use super::metrics::Registry;
 use super::operator::{KeyedOperatorFactory, KeyedProcessFunction, ProcessOperator};
-use super::shim::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
+use super::state::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
 use super::window::{AggregateFunction, WindowOperator, WindowResult, Windows};
 use super::RuntimeError;
 use crate::client::types::RecordHeader;
@@ -192,7 +191,7 @@ pub struct Timestamped<T> {
 impl<T: Send + 'static> Timestamped<T> {
     /// Partitions by key: every record of a key reaches the same keyed subtask, through the key
     /// group of the key's stable hash.
-    pub fn key_by<K: StateKey + Ord>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
+    pub fn key_by<K: StateKey + Ord + Send + 'static>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
         KeyedStream { input: self, key: Arc::new(f) }
     }
 }
@@ -203,7 +202,7 @@ pub struct KeyedStream<K, T> {
     pub(crate) key: Arc<dyn Fn(&T) -> K + Send + Sync>,
 }
 
-impl<K: StateKey + Ord, T: Send + 'static> KeyedStream<K, T> {
+impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> KeyedStream<K, T> {
     /// Event-time windows.
     pub fn window(self, windows: Windows) -> WindowedStream<K, T> {
         WindowedStream { keyed: self, windows, allowed_lateness_ms: 0 }
@@ -213,7 +212,7 @@ impl<K: StateKey + Ord, T: Send + 'static> KeyedStream<K, T> {
     pub fn process<P>(self, make: impl Fn() -> P + Send + Sync + 'static) -> KeyedOutput<K, T, P::Out>
     where
         P: KeyedProcessFunction<K, T>,
-        P::State: StateValue,
+        P::State: StateValue + Send + 'static,
     {
         let make = Arc::new(make);
         let factory: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, P::Out>> + Send + Sync> =
@@ -229,7 +228,7 @@ pub struct WindowedStream<K, T> {
     allowed_lateness_ms: i64,
 }
 
-impl<K: StateKey + Ord, T: Send + 'static> WindowedStream<K, T> {
+impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T> {
     /// Records up to this late still update their window (which fires again); later ones go to
     /// the late-data output, counted.
     pub fn allowed_lateness_ms(mut self, ms: i64) -> Self {
@@ -242,6 +241,7 @@ impl<K: StateKey + Ord, T: Send + 'static> WindowedStream<K, T> {
     pub fn aggregate<A>(self, agg: A) -> KeyedOutput<K, T, WindowResult<K, A::Out>>
     where
         A: AggregateFunction<T>,
+        (K, i64): StateKey,
     {
         let agg = Arc::new(agg);
         let windows = self.windows;
@@ -263,7 +263,7 @@ pub struct KeyedOutput<K, T, O> {
     pub(crate) chain: Chain<O, O>,
 }
 
-impl<K: StateKey + Ord, T: Send + 'static, O: 'static> KeyedOutput<K, T, O> {
+impl<K: StateKey + Ord + Send + 'static, T: Send + 'static, O: 'static> KeyedOutput<K, T, O> {
     /// Keeps the results `f` accepts.
     pub fn filter(self, f: impl Fn(&O) -> bool + Send + Sync + 'static) -> Self {
         let prev = self.chain;
@@ -280,7 +280,7 @@ impl<K: StateKey + Ord, T: Send + 'static, O: 'static> KeyedOutput<K, T, O> {
         sink: impl SinkFactory,
         encode: impl Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync + 'static,
     ) -> Job<K, T, O> {
-        Job { output: self, sink: Arc::new(sink), encode: Arc::new(encode), properties: BTreeMap::new() }
+        Job { output: self, sink: Arc::new(sink), encode: Arc::new(encode) }
     }
 }
 
@@ -289,7 +289,6 @@ pub struct Job<K, T, O> {
     pub(crate) output: KeyedOutput<K, T, O>,
     pub(crate) sink: Arc<dyn SinkFactory>,
     pub(crate) encode: Arc<dyn Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync>,
-    pub(crate) properties: BTreeMap<String, String>,
 }
 
 impl<K, T, O> Job<K, T, O> {

@@ -129,8 +129,8 @@ impl KafkaSink {
     }
 }
 
-fn committables_of(bytes: &[u8]) -> Result<Vec<KafkaCommittable>, RuntimeError> {
-    serde_json::from_slice(bytes).map_err(|e| RuntimeError::CorruptCheckpoint {
+fn committables_of(value: serde_json::Value) -> Result<Vec<KafkaCommittable>, RuntimeError> {
+    serde_json::from_value(value).map_err(|e| RuntimeError::CorruptCheckpoint {
         path: "kafka sink committables".into(),
         reason: e.to_string(),
     })
@@ -139,13 +139,13 @@ fn committables_of(bytes: &[u8]) -> Result<Vec<KafkaCommittable>, RuntimeError> 
 impl SinkFactory for KafkaSink {
     fn recover<'a>(
         &'a self,
-        committables: Vec<Vec<u8>>,
+        committables: Vec<serde_json::Value>,
         properties: &'a BTreeMap<String, String>,
         parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
         Box::pin(async move {
             let mut all = Vec::new();
-            for c in &committables {
+            for c in committables {
                 all.extend(committables_of(c)?);
             }
             let owners = match properties.get(OWNER_MAP_PROPERTY) {
@@ -263,11 +263,11 @@ impl SinkWriter for KafkaSinkWriter {
         })
     }
 
-    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<Vec<u8>, RuntimeError>> {
+    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>> {
         Box::pin(async move {
             self.sink().poll_commits()?;
             let committables = self.sink().prepare(checkpoint_id).await?;
-            Ok(serde_json::to_vec(&committables).expect("committables serialize"))
+            Ok(serde_json::to_value(&committables).expect("committables serialize"))
         })
     }
 

@@ -21,8 +21,8 @@ use super::source::{SourcePoll, SourceRecord, SplitOffset, WatermarkConfig, Wate
 use super::fault;
 use super::job::Chain;
 use super::metrics::{Counter, Registry};
-use super::operator::{OpInstance, Section};
-use super::shim::{key_group_of, subtask_for_key_group, KeyGroupRange, LocalDirStore, StateKey};
+use super::operator::OpInstance;
+use super::state::{key_group_of, subtask_for_key_group, CheckpointFile, CheckpointStore, SnapshotWriter, StateKey};
 use super::RuntimeError;
 
 /// One record on its way to a keyed subtask.
@@ -59,8 +59,8 @@ pub(crate) enum KeyedCmd {
 
 /// Subtask → coordinator.
 pub(crate) enum Event {
-    SourceAck { checkpoint: u64, subtask: usize, positions: Vec<SplitOffset> },
-    KeyedAck { checkpoint: u64, subtask: usize, file: String, bytes: u64 },
+    SourceAck { checkpoint: u64, positions: Vec<SplitOffset> },
+    KeyedAck { checkpoint: u64, subtask: usize, file: CheckpointFile, committables: serde_json::Value },
     SourceEnded,
     KeyedDone,
     Failed { task: String, error: RuntimeError },
@@ -78,6 +78,9 @@ pub(crate) struct SourceTask<K, T> {
     pub(crate) key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     pub(crate) strategy: WatermarkConfig,
     pub(crate) key_groups: u16,
+    /// Send the final watermark at the end of the input (a bounded job); not when replaying up
+    /// to a checkpoint's positions, which must leave the windows open as they were.
+    pub(crate) final_watermark: bool,
     pub(crate) outputs: Vec<Sender<Message<K, T>>>,
     pub(crate) cmds: Receiver<SourceCmd>,
     pub(crate) events: Sender<Event>,
@@ -109,7 +112,7 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                         for o in &self.outputs {
                             send(o, Message::Barrier(n), &name).await?;
                         }
-                        send(&self.events, Event::SourceAck { checkpoint: n, subtask: self.subtask, positions }, &name).await?;
+                        send(&self.events, Event::SourceAck { checkpoint: n, positions }, &name).await?;
                     }
                     Some(SourceCmd::Complete(positions)) => self.reader.checkpoint_complete(positions).await?,
                 },
@@ -124,7 +127,7 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                             wm.on_record(split, ts);
                             let key = keyf(&t);
                             let kg = key_group_of(key.stable_hash(), kgs);
-                            let dest = subtask_for_key_group(kg, parallelism, kgs);
+                            let dest = subtask_for_key_group(kg, parallelism as u32, kgs) as usize;
                             batches[dest].push(KeyedRecord { kg, key, value: t, ts });
                         }, &mut side);
                     }
@@ -139,9 +142,11 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                     }
                     if polled == SourcePoll::End {
                         ended = true;
-                        wm.end_of_input();
-                        for o in &self.outputs {
-                            send(o, Message::Watermark(i64::MAX), &name).await?;
+                        if self.final_watermark {
+                            wm.end_of_input();
+                            for o in &self.outputs {
+                                send(o, Message::Watermark(i64::MAX), &name).await?;
+                            }
                         }
                         send(&self.events, Event::SourceEnded, &name).await?;
                         continue;
@@ -225,7 +230,6 @@ impl<M> Inputs<M> {
 
 pub(crate) struct KeyedTask<K, T, O> {
     pub(crate) subtask: usize,
-    pub(crate) range: KeyGroupRange,
     pub(crate) op: Box<dyn OpInstance<K, T, O>>,
     pub(crate) chain: Chain<O, O>,
     pub(crate) encode: Arc<dyn Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync>,
@@ -233,7 +237,9 @@ pub(crate) struct KeyedTask<K, T, O> {
     pub(crate) inputs: Inputs<Message<K, T>>,
     pub(crate) cmds: Receiver<KeyedCmd>,
     pub(crate) events: Sender<Event>,
-    pub(crate) store: Arc<LocalDirStore>,
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) schema_hash: u64,
+    pub(crate) checkpoint_dir: std::path::PathBuf,
     pub(crate) metrics: Registry,
 }
 
@@ -361,21 +367,25 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
     }
 
     async fn checkpoint(&mut self, n: u64) -> Result<(), RuntimeError> {
-        let mut sections: Vec<Section> = Vec::new();
-        for kg in self.range.iter() {
-            self.op.snapshot(kg, &mut sections);
-        }
+        // The state is archived here, synchronously (the operator is not touched meanwhile);
+        // writing and fsyncing happen off the task, so records keep flowing.
+        let mut writer = SnapshotWriter::new(self.schema_hash);
+        self.op.snapshot(&mut writer)?;
+        let bytes = writer.finish()?;
         let committables = self.sink.prepare(n).await?;
-        sections.push(Section { name: "sink".into(), key_group: u16::MAX, bytes: committables });
         let file = format!("keyed-{}", self.subtask);
         let (store, events, subtask) = (self.store.clone(), self.events.clone(), self.subtask);
-        // Writing and fsyncing happen off the task: records keep flowing meanwhile.
+        let fault_dir = self.checkpoint_dir.join(format!("chk-{n:020}"));
         tokio::task::spawn_blocking(move || {
-            let plain: Vec<(String, u16, Vec<u8>)> = sections.into_iter().map(|s| (s.name, s.key_group, s.bytes)).collect();
-            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&plain).expect("sections serialize");
-            let result = store.write(n, &file, &bytes);
-            let event = match result {
-                Ok(()) => Event::KeyedAck { checkpoint: n, subtask, file, bytes: bytes.len() as u64 },
+            if fault::armed(fault::SNAPSHOT_WRITE) {
+                // "In the middle of writing a snapshot file": half of it on disk under a
+                // temporary name, never renamed.
+                let _ = std::fs::create_dir_all(&fault_dir);
+                let _ = std::fs::write(fault_dir.join(format!(".tmp-{file}-fault")), &bytes[..bytes.len() / 2]);
+                fault::point(fault::SNAPSHOT_WRITE);
+            }
+            let event = match store.put(n, &file, &bytes) {
+                Ok(file) => Event::KeyedAck { checkpoint: n, subtask, file, committables },
                 Err(error) => Event::Failed { task: format!("keyed {subtask}"), error },
             };
             let _ = events.blocking_send(event);

@@ -136,3 +136,58 @@ async fn crashes_at_random_moments_keep_the_output_exact() {
     assert!(report.restored_from.is_some(), "the last run should have resumed from a checkpoint");
     assert_eq!(alerts(&sink), want, "restored from {restored:?}");
 }
+
+/// Flips one byte in the middle of `path`.
+fn flip_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn newest_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("_metadata").exists())
+        .collect();
+    v.sort();
+    v.pop().expect("a complete checkpoint")
+}
+
+/// Runs the job until it has completed at least `checkpoints` checkpoints, then drops it.
+async fn run_until_checkpoints(splits: &[Vec<Record>], dir: &std::path::Path, sink: &MemorySink, checkpoints: usize) {
+    let job = build(config(dir, 2, 5), FraudConfig::default(), MemorySource::new(splits.to_vec(), 16), sink.clone());
+    let run = tokio::spawn(job.run());
+    loop {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let complete = std::fs::read_dir(dir).map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().join("_metadata").exists()).count());
+        if complete >= checkpoints || run.is_finished() {
+            break;
+        }
+    }
+    run.abort();
+    let _ = run.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_newest_checkpoint_is_named_and_the_output_stays_exact() {
+    let splits = input(40_000, 4, 13);
+    let want = expected(&splits, 60_000, 10);
+    let dir = temp_dir("fraud-corrupt");
+    let sink = MemorySink::default();
+    run_until_checkpoints(&splits, &dir, &sink, 3).await;
+    let newest = newest_checkpoint(&dir);
+    flip_byte(&newest.join("keyed-1"));
+    let report = build(config(&dir, 2, 5), FraudConfig::default(), MemorySource::new(splits.clone(), 64), sink.clone())
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        report.rejected.iter().any(|r| r.contains("keyed-1")),
+        "the corrupt file is named: {:?}",
+        report.rejected
+    );
+    assert_eq!(alerts(&sink), want);
+    assert!(report.replayed_to.is_some(), "{report:?}");
+}

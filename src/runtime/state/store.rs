@@ -147,6 +147,14 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// The ids of the stored checkpoints, complete or not, ascending.
     fn list(&self) -> Result<Vec<u64>, RuntimeError>;
 
+    /// The metadata of checkpoint `checkpoint_id`, verified on its own (its files are not
+    /// opened): what a damaged checkpoint still tells — its positions and committables.
+    fn read_metadata(
+        &self,
+        checkpoint_id: u64,
+        job_schema_hash: u64,
+    ) -> Result<CheckpointMetadata, RuntimeError>;
+
     /// Deletes checkpoint `checkpoint_id` (metadata first, so that a crash midway leaves it
     /// incomplete rather than complete with files missing).
     fn delete(&self, checkpoint_id: u64) -> Result<(), RuntimeError>;
@@ -273,11 +281,13 @@ impl LocalDirStore {
     }
 
     /// Verifies checkpoint `checkpoint_id`; on failure the path at fault and the reason.
-    fn verify(
+    /// Reads and checks the metadata of checkpoint `checkpoint_id` (framing, checksum, JSON, id,
+    /// job schema hash), without opening its files.
+    fn read_meta(
         &self,
         checkpoint_id: u64,
         job_schema_hash: u64,
-    ) -> Result<RestoredCheckpoint, (PathBuf, String)> {
+    ) -> Result<CheckpointMetadata, (PathBuf, String)> {
         let dir = self.checkpoint_dir(checkpoint_id);
         let meta_path = dir.join(METADATA_FILE);
         let reason_of = |e: RuntimeError| match e {
@@ -314,6 +324,21 @@ impl LocalDirStore {
                 ),
             ));
         }
+        Ok(metadata)
+    }
+
+    fn verify(
+        &self,
+        checkpoint_id: u64,
+        job_schema_hash: u64,
+    ) -> Result<RestoredCheckpoint, (PathBuf, String)> {
+        let dir = self.checkpoint_dir(checkpoint_id);
+        let meta_path = dir.join(METADATA_FILE);
+        let reason_of = |e: RuntimeError| match e {
+            RuntimeError::CorruptCheckpoint { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        let metadata = self.read_meta(checkpoint_id, job_schema_hash)?;
         let mut files = BTreeMap::new();
         for listed in &metadata.files {
             if check_name(&listed.name).is_err() {
@@ -401,6 +426,15 @@ impl CheckpointStore for LocalDirStore {
             }
         }
         Ok(())
+    }
+
+    fn read_metadata(
+        &self,
+        checkpoint_id: u64,
+        job_schema_hash: u64,
+    ) -> Result<CheckpointMetadata, RuntimeError> {
+        self.read_meta(checkpoint_id, job_schema_hash)
+            .map_err(|(path, reason)| RuntimeError::CorruptCheckpoint { path, reason })
     }
 
     fn latest_complete(&self, job_schema_hash: u64) -> Result<LatestCheckpoint, RuntimeError> {
