@@ -55,7 +55,7 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let n: usize = std::env::var("PIPELINE_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
     let runs: usize = std::env::var("PIPELINE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let splits = input(n, 4);
+    let source = MemorySource::new(input(n, 4), 1_024);
     let baseline_kib = proc_status_kib("VmRSS:");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("fraud job, in-memory source and sink, {n} records, {runs} runs each; input held in memory: {} MiB", baseline_kib / 1024);
@@ -74,7 +74,7 @@ fn main() {
                 config.bounded = true;
                 config.checkpoint.interval_ms = interval_ms;
                 let sink = MemorySink::discarding();
-                let job = build(config, FraudConfig::default(), MemorySource::new(splits.clone(), 1_024), sink);
+                let job = build(config, FraudConfig::default(), source.clone(), sink);
                 let cpu0 = cpu_seconds();
                 let t0 = Instant::now();
                 let report = rt.block_on(job.run()).expect("job");
