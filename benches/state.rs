@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use exactly::runtime::state::{
-    key_group_of, KeyGroupRange, SnapshotFile, SnapshotWriter, StableHash, StateTable,
-    TimerQueue, DEFAULT_KEY_GROUPS,
+    key_group_of, KeyGroupRange, SnapshotFile, SnapshotWriter, StableHash, StateTable, TimerQueue,
+    DEFAULT_KEY_GROUPS,
 };
 
 #[derive(

@@ -46,9 +46,9 @@ pub mod client;
 pub mod connection;
 #[cfg(not(feature = "internals"))]
 mod connection;
+pub mod jobs;
 #[cfg(feature = "internals")]
 pub mod protocol;
 #[cfg(not(feature = "internals"))]
 mod protocol;
-pub mod jobs;
 pub mod runtime;

@@ -29,5 +29,5 @@ pub mod window;
 
 pub use error::RuntimeError;
 pub use job::{job, CheckpointConfig, Job, JobConfig};
-pub use source::WatermarkConfig;
 pub use run::{JobReport, COMMITTABLES_PROPERTY, POSITIONS_PROPERTY};
+pub use source::WatermarkConfig;

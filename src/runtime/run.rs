@@ -15,14 +15,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
-use super::connector::{BoxFuture, MemorySink, SinkFactory, SinkRecovery, SinkWriter, SourceFactory};
+use super::connector::{
+    BoxFuture, MemorySink, SinkFactory, SinkRecovery, SinkWriter, SourceFactory,
+};
 use super::fault;
-use super::job::{Chain, Job, JobConfig, KeyedOutput, OpInstance};
+use super::job::{Chain, Encoder, Job, JobConfig, KeyedOutput, OperatorFactory};
 use super::operator::KeyedOperatorFactory;
 use super::source::{SourceRecord, SplitOffset, WatermarkConfig};
 use super::state::{
-    type_fingerprint, CheckpointFile, CheckpointMetadata, CheckpointStore, KeyGroupRange, LocalDirStore,
-    RestoredCheckpoint, StableHash, StateKey,
+    type_fingerprint, CheckpointFile, CheckpointMetadata, CheckpointStore, KeyGroupRange,
+    LocalDirStore, RestoredCheckpoint, StableHash, StateKey,
 };
 use super::task::{Event, Inputs, KeyedCmd, KeyedTask, SourceCmd, SourceTask};
 use super::RuntimeError;
@@ -69,7 +71,10 @@ fn progress(meta: &CheckpointMetadata, path: &std::path::Path) -> Result<Progres
         Some(c) => serde_json::from_str(c).map_err(|e| corrupt(COMMITTABLES_PROPERTY, e))?,
         None => Vec::new(),
     };
-    Ok(Progress { positions, committables })
+    Ok(Progress {
+        positions,
+        committables,
+    })
 }
 
 /// Everything of a job that its subtasks are made from (cheap clones of shared parts).
@@ -80,9 +85,9 @@ struct Parts<K, T, O> {
     timestamp: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
     key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     strategy: WatermarkConfig,
-    operator: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>> + Send + Sync>,
+    operator: OperatorFactory<K, T, O>,
     out_chain: Chain<O, O>,
-    encode: Arc<dyn Fn(&O) -> (Option<bytes::Bytes>, bytes::Bytes) + Send + Sync>,
+    encode: Encoder<O>,
     store: Arc<dyn CheckpointStore>,
     schema_hash: u64,
 }
@@ -112,7 +117,11 @@ impl SinkFactory for Replay {
     fn properties(&self, parallelism: usize) -> BTreeMap<String, String> {
         self.0.properties(parallelism)
     }
-    fn create(&self, subtask: usize, parallelism: usize) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
+    fn create(
+        &self,
+        subtask: usize,
+        parallelism: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
         Box::pin(async move { MemorySink::discarding().create(subtask, parallelism).await })
     }
 }
@@ -140,16 +149,26 @@ where
         let config = self.config().clone();
         config.validate()?;
         let p = config.parallelism;
-        let Job { output, sink, encode, .. } = self;
+        let Job {
+            output,
+            sink,
+            encode,
+            ..
+        } = self;
         sink.validate(&config.checkpoint).await?;
-        let KeyedOutput { keyed, operator, chain: out_chain } = output;
+        let KeyedOutput {
+            keyed,
+            operator,
+            chain: out_chain,
+        } = output;
         let probe = operator(KeyedOperatorFactory {
             range: KeyGroupRange::for_subtask(0, 1, config.key_groups),
             key_groups: config.key_groups,
             subtask: 0,
             metrics: Default::default(),
         });
-        let schema_hash = config.name.stable_hash() ^ probe.state_fingerprint() ^ type_fingerprint::<(K, T, O)>();
+        let schema_hash =
+            config.name.stable_hash() ^ probe.state_fingerprint() ^ type_fingerprint::<(K, T, O)>();
         drop(probe);
         let store: Arc<dyn CheckpointStore> = {
             let (dir, retain) = (config.checkpoint.dir.clone(), config.checkpoint.retain);
@@ -175,10 +194,17 @@ where
         let mut report = JobReport::default();
         let latest = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.latest_complete(schema_hash)).await.expect("restore task")?
+            tokio::task::spawn_blocking(move || store.latest_complete(schema_hash))
+                .await
+                .expect("restore task")?
         };
         for r in &latest.rejected {
-            let line = format!("checkpoint {} at {}: {}", r.checkpoint_id, r.path.display(), r.reason);
+            let line = format!(
+                "checkpoint {} at {}: {}",
+                r.checkpoint_id,
+                r.path.display(),
+                r.reason
+            );
             if !r.incomplete {
                 eprintln!("exactly: corrupt checkpoint, not used: {line}");
                 tracing::warn!("corrupt checkpoint, not used: {line}");
@@ -189,7 +215,10 @@ where
         report.restored_from = restored.as_ref().map(|r| r.metadata.checkpoint_id);
         let base = match &restored {
             Some(r) => progress(&r.metadata, &store_path(&config, r.metadata.checkpoint_id))?,
-            None => Progress { positions: Vec::new(), committables: Vec::new() },
+            None => Progress {
+                positions: Vec::new(),
+                committables: Vec::new(),
+            },
         };
         // A damaged newer checkpoint with readable metadata: its output may be committed.
         let damaged = {
@@ -201,13 +230,20 @@ where
                 .map(|r| r.checkpoint_id)
                 .collect();
             tokio::task::spawn_blocking(move || {
-                newer.into_iter().find_map(|id| store.read_metadata(id, schema_hash).ok())
+                newer
+                    .into_iter()
+                    .find_map(|id| store.read_metadata(id, schema_hash).ok())
             })
             .await
             .expect("metadata task")
         };
-        let properties = restored.as_ref().map(|r| r.metadata.properties.clone()).unwrap_or_default();
-        let mut next_id = restored.as_ref().map_or(1, |r| r.metadata.checkpoint_id + 1);
+        let properties = restored
+            .as_ref()
+            .map(|r| r.metadata.properties.clone())
+            .unwrap_or_default();
+        let mut next_id = restored
+            .as_ref()
+            .map_or(1, |r| r.metadata.checkpoint_id + 1);
         match damaged {
             Some(meta) => {
                 let id = meta.checkpoint_id;
@@ -215,7 +251,10 @@ where
                 let mut committables = base.committables;
                 committables.extend(target.committables);
                 report.recovery = sink.recover(committables, &meta.properties, p).await?;
-                tracing::warn!(checkpoint = id, "replaying up to the positions of damaged checkpoint {id} without output");
+                tracing::warn!(
+                    checkpoint = id,
+                    "replaying up to the positions of damaged checkpoint {id} without output"
+                );
                 let start = Start {
                     restored: restored.as_ref(),
                     positions: base.positions,
@@ -227,7 +266,9 @@ where
                 report.replayed_to = Some(id);
                 let latest = {
                     let store = store.clone();
-                    tokio::task::spawn_blocking(move || store.latest_complete(schema_hash)).await.expect("restore task")?
+                    tokio::task::spawn_blocking(move || store.latest_complete(schema_hash))
+                        .await
+                        .expect("restore task")?
                 };
                 restored = latest.restored;
                 if restored.as_ref().map(|r| r.metadata.checkpoint_id) != replay {
@@ -243,10 +284,18 @@ where
             }
         }
         let positions = match &restored {
-            Some(r) => progress(&r.metadata, &store_path(&config, r.metadata.checkpoint_id))?.positions,
+            Some(r) => {
+                progress(&r.metadata, &store_path(&config, r.metadata.checkpoint_id))?.positions
+            }
             None => Vec::new(),
         };
-        let start = Start { restored: restored.as_ref(), positions, next_id, stop_at: None, sink };
+        let start = Start {
+            restored: restored.as_ref(),
+            positions,
+            next_id,
+            stop_at: None,
+            sink,
+        };
         parts.execute(start, &mut report).await?;
         Ok(report)
     }
@@ -264,7 +313,11 @@ where
 {
     /// Starts the subtasks from `start` and coordinates checkpoints until the job ends; returns
     /// the last complete checkpoint.
-    async fn execute(&self, start: Start<'_>, report: &mut JobReport) -> Result<Option<u64>, RuntimeError> {
+    async fn execute(
+        &self,
+        start: Start<'_>,
+        report: &mut JobReport,
+    ) -> Result<Option<u64>, RuntimeError> {
         let config = &self.config;
         let p = config.parallelism;
         let replay = start.stop_at.is_some();
@@ -281,7 +334,10 @@ where
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut source_cmds = Vec::new();
         for (i, outputs) in to_keyed.into_iter().enumerate() {
-            let reader = self.source.create(i, p, start.positions.clone(), start.stop_at.clone()).await?;
+            let reader = self
+                .source
+                .create(i, p, start.positions.clone(), start.stop_at.clone())
+                .await?;
             let (tx, rx) = mpsc::channel(8);
             source_cmds.push(tx);
             let task = SourceTask {
@@ -301,7 +357,12 @@ where
             let events = events_tx.clone();
             tasks.spawn(async move {
                 if let Err(error) = task.run().await {
-                    let _ = events.send(Event::Failed { task: format!("source {i}"), error }).await;
+                    let _ = events
+                        .send(Event::Failed {
+                            task: format!("source {i}"),
+                            error,
+                        })
+                        .await;
                 }
             });
         }
@@ -342,7 +403,12 @@ where
             let events = events_tx.clone();
             tasks.spawn(async move {
                 if let Err(error) = task.run().await {
-                    let _ = events.send(Event::Failed { task: format!("keyed {j}"), error }).await;
+                    let _ = events
+                        .send(Event::Failed {
+                            task: format!("keyed {j}"),
+                            error,
+                        })
+                        .await;
                 }
             });
         }
@@ -396,12 +462,22 @@ impl Coordinator {
         let cc = self.config.checkpoint.clone();
         let metrics = self.config.metrics.clone();
         let durations = metrics.histogram("checkpoint_duration_ms", "Trigger to durable metadata");
-        let sizes = metrics.histogram("checkpoint_size_bytes", "Bytes of keyed snapshots per checkpoint");
+        let sizes = metrics.histogram(
+            "checkpoint_size_bytes",
+            "Bytes of keyed snapshots per checkpoint",
+        );
         let completed = metrics.counter("checkpoints_completed_total", "Checkpoints completed");
-        let abandoned = metrics.counter("checkpoints_abandoned_total", "Checkpoints abandoned (timeout)");
+        let abandoned = metrics.counter(
+            "checkpoints_abandoned_total",
+            "Checkpoints abandoned (timeout)",
+        );
         let periodic = cc.interval_ms > 0;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut next_trigger = if periodic { Instant::now() + Duration::from_millis(cc.interval_ms) } else { far };
+        let mut next_trigger = if periodic {
+            Instant::now() + Duration::from_millis(cc.interval_ms)
+        } else {
+            far
+        };
         let mut pending: Option<Pending> = None;
         let mut ended = 0usize;
         let mut final_wanted = false;
@@ -409,7 +485,9 @@ impl Coordinator {
         let mut done = 0usize;
         loop {
             let may_trigger = pending.is_none() && final_id.is_none() && (periodic || final_wanted);
-            let timeout_at = pending.as_ref().map(|c| c.started + Duration::from_millis(cc.timeout_ms));
+            let timeout_at = pending
+                .as_ref()
+                .map(|c| c.started + Duration::from_millis(cc.timeout_ms));
             tokio::select! {
                 _ = sleep_until(next_trigger.into()), if may_trigger => {
                     let id = self.next_id;
@@ -508,10 +586,17 @@ impl Coordinator {
         files.sort_by(|a, b| a.name.cmp(&b.name));
         let mut committables = c.committables.clone();
         committables.sort_by_key(|(s, _)| *s);
-        let committables: Vec<serde_json::Value> = committables.into_iter().map(|(_, v)| v).collect();
+        let committables: Vec<serde_json::Value> =
+            committables.into_iter().map(|(_, v)| v).collect();
         let mut properties = self.properties.clone();
-        properties.insert(POSITIONS_PROPERTY.into(), serde_json::to_string(&c.positions).expect("positions"));
-        properties.insert(COMMITTABLES_PROPERTY.into(), serde_json::to_string(&committables).expect("committables"));
+        properties.insert(
+            POSITIONS_PROPERTY.into(),
+            serde_json::to_string(&c.positions).expect("positions"),
+        );
+        properties.insert(
+            COMMITTABLES_PROPERTY.into(),
+            serde_json::to_string(&committables).expect("committables"),
+        );
         let meta = CheckpointMetadata {
             checkpoint_id: c.id,
             created_ms: c.created_ms,
@@ -521,6 +606,8 @@ impl Coordinator {
             files,
             properties,
         };
-        tokio::task::spawn_blocking(move || store.complete(&meta)).await.expect("checkpoint write task")
+        tokio::task::spawn_blocking(move || store.complete(&meta))
+            .await
+            .expect("checkpoint write task")
     }
 }

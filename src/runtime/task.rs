@@ -13,16 +13,19 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::connector::{OutputRecord, SinkWriter, SourceReader, Target};
-use super::source::{SourcePoll, SourceRecord, SplitOffset, WatermarkConfig, WatermarkGenerator, WatermarkStatus};
 use super::fault;
-use super::job::Chain;
+use super::job::{Chain, Encoder};
 use super::metrics::{Counter, Registry};
 use super::operator::OpInstance;
-use super::state::{key_group_of, subtask_for_key_group, CheckpointFile, CheckpointStore, SnapshotWriter, StateKey};
+use super::source::{
+    SourcePoll, SourceRecord, SplitOffset, WatermarkConfig, WatermarkGenerator, WatermarkStatus,
+};
+use super::state::{
+    key_group_of, subtask_for_key_group, CheckpointFile, CheckpointStore, SnapshotWriter, StateKey,
+};
 use super::RuntimeError;
 
 /// One record on its way to a keyed subtask.
@@ -59,15 +62,29 @@ pub(crate) enum KeyedCmd {
 
 /// Subtask → coordinator.
 pub(crate) enum Event {
-    SourceAck { checkpoint: u64, positions: Vec<SplitOffset> },
-    KeyedAck { checkpoint: u64, subtask: usize, file: CheckpointFile, committables: serde_json::Value },
+    SourceAck {
+        checkpoint: u64,
+        positions: Vec<SplitOffset>,
+    },
+    KeyedAck {
+        checkpoint: u64,
+        subtask: usize,
+        file: CheckpointFile,
+        committables: serde_json::Value,
+    },
     SourceEnded,
     KeyedDone,
-    Failed { task: String, error: RuntimeError },
+    Failed {
+        task: String,
+        error: RuntimeError,
+    },
 }
 
 async fn send<M>(tx: &Sender<M>, m: M, what: &str) -> Result<(), RuntimeError> {
-    tx.send(m).await.map_err(|_| RuntimeError::TaskFailed { task: what.into(), reason: "downstream task stopped".into() })
+    tx.send(m).await.map_err(|_| RuntimeError::TaskFailed {
+        task: what.into(),
+        reason: "downstream task stopped".into(),
+    })
 }
 
 pub(crate) struct SourceTask<K, T> {
@@ -91,15 +108,21 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
     pub(crate) async fn run(mut self) -> Result<(), RuntimeError> {
         let name = format!("source {}", self.subtask);
         let parallelism = self.outputs.len();
-        let records_in = self.metrics.counter("records_in_total", "Records read by the sources");
-        let dead = self.metrics.counter("dead_letter_records_total", "Records sent to the dead-letter output");
+        let records_in = self
+            .metrics
+            .counter("records_in_total", "Records read by the sources");
+        let dead = self.metrics.counter(
+            "dead_letter_records_total",
+            "Records sent to the dead-letter output",
+        );
         let mut wm = WatermarkGenerator::new(self.strategy, self.reader.split_count());
         let started = Instant::now();
         let mut sent_wm = i64::MIN;
         let mut sent_idle = false;
         let mut raw: Vec<SourceRecord> = Vec::new();
         let mut side: Vec<OutputRecord> = Vec::new();
-        let mut batches: Vec<Vec<KeyedRecord<K, T>>> = (0..parallelism).map(|_| Vec::new()).collect();
+        let mut batches: Vec<Vec<KeyedRecord<K, T>>> =
+            (0..parallelism).map(|_| Vec::new()).collect();
         let mut ended = false;
         loop {
             tokio::select! {
@@ -186,7 +209,12 @@ pub(crate) struct Inputs<M> {
 impl<M> Inputs<M> {
     pub(crate) fn new(rx: Vec<Receiver<M>>) -> Self {
         let n = rx.len();
-        Self { rx, blocked: vec![false; n], closed: vec![false; n], next: 0 }
+        Self {
+            rx,
+            blocked: vec![false; n],
+            closed: vec![false; n],
+            next: 0,
+        }
     }
     fn len(&self) -> usize {
         self.rx.len()
@@ -232,7 +260,7 @@ pub(crate) struct KeyedTask<K, T, O> {
     pub(crate) subtask: usize,
     pub(crate) op: Box<dyn OpInstance<K, T, O>>,
     pub(crate) chain: Chain<O, O>,
-    pub(crate) encode: Arc<dyn Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync>,
+    pub(crate) encode: Encoder<O>,
     pub(crate) sink: Box<dyn SinkWriter>,
     pub(crate) inputs: Inputs<Message<K, T>>,
     pub(crate) cmds: Receiver<KeyedCmd>,
@@ -259,9 +287,14 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
         let mut results: Vec<O> = Vec::new();
         let mut em = Emitter {
             out: Vec::new(),
-            records_out: self.metrics.counter("records_out_total", "Records written to the job's output"),
+            records_out: self
+                .metrics
+                .counter("records_out_total", "Records written to the job's output"),
         };
-        let alignment_ms = self.metrics.histogram("checkpoint_alignment_ms", "Time from the first to the last barrier of a checkpoint at a keyed subtask");
+        let alignment_ms = self.metrics.histogram(
+            "checkpoint_alignment_ms",
+            "Time from the first to the last barrier of a checkpoint at a keyed subtask",
+        );
         let mut align_started = Instant::now();
         loop {
             tokio::select! {
@@ -335,7 +368,12 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
         results: &mut Vec<O>,
         em: &mut Emitter,
     ) -> Result<(), RuntimeError> {
-        let combined = wms.iter().zip(idle).filter(|(_, i)| !**i).map(|(w, _)| *w).min();
+        let combined = wms
+            .iter()
+            .zip(idle)
+            .filter(|(_, i)| !**i)
+            .map(|(w, _)| *w)
+            .min();
         if let Some(w) = combined {
             if w > *current {
                 *current = w;
@@ -355,11 +393,20 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
         for o in results.drain(..) {
             let out = &mut em.out;
             let mut side = Vec::new();
-            chain(o, &mut |o: O| {
-                let (key, value) = encode(&o);
-                out.push(OutputRecord { target: Target::Main, key, value: Some(value), headers: Vec::new() });
-                main += 1;
-            }, &mut side);
+            chain(
+                o,
+                &mut |o: O| {
+                    let (key, value) = encode(&o);
+                    out.push(OutputRecord {
+                        target: Target::Main,
+                        key,
+                        value: Some(value),
+                        headers: Vec::new(),
+                    });
+                    main += 1;
+                },
+                &mut side,
+            );
             out.append(&mut side);
         }
         em.records_out.add(main);
@@ -381,12 +428,23 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
                 // "In the middle of writing a snapshot file": half of it on disk under a
                 // temporary name, never renamed.
                 let _ = std::fs::create_dir_all(&fault_dir);
-                let _ = std::fs::write(fault_dir.join(format!(".tmp-{file}-fault")), &bytes[..bytes.len() / 2]);
+                let _ = std::fs::write(
+                    fault_dir.join(format!(".tmp-{file}-fault")),
+                    &bytes[..bytes.len() / 2],
+                );
                 fault::point(fault::SNAPSHOT_WRITE);
             }
             let event = match store.put(n, &file, &bytes) {
-                Ok(file) => Event::KeyedAck { checkpoint: n, subtask, file, committables },
-                Err(error) => Event::Failed { task: format!("keyed {subtask}"), error },
+                Ok(file) => Event::KeyedAck {
+                    checkpoint: n,
+                    subtask,
+                    file,
+                    committables,
+                },
+                Err(error) => Event::Failed {
+                    task: format!("keyed {subtask}"),
+                    error,
+                },
             };
             let _ = events.blocking_send(event);
         });

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use super::connector::OutputRecord;
 use super::metrics::Counter;
 use super::operator::{KeyedOperatorFactory, OpInstance};
-use super::state::{type_fingerprint, SnapshotFile, SnapshotWriter, StateKey, StateTable, StateValue, TimerQueue};
+use super::state::{
+    type_fingerprint, SnapshotFile, SnapshotWriter, StateKey, StateTable, StateValue, TimerQueue,
+};
 use super::RuntimeError;
 
 /// How records are assigned to windows.
@@ -130,7 +132,12 @@ impl<K: StateKey + Ord + Send + 'static, T, A: AggregateFunction<T>> WindowOpera
 where
     (K, i64): StateKey,
 {
-    pub(crate) fn new(agg: Arc<A>, windows: Windows, lateness_ms: i64, ctx: KeyedOperatorFactory) -> Self {
+    pub(crate) fn new(
+        agg: Arc<A>,
+        windows: Windows,
+        lateness_ms: i64,
+        ctx: KeyedOperatorFactory,
+    ) -> Self {
         Self {
             agg,
             windows,
@@ -138,14 +145,17 @@ where
             state: StateTable::new("windows", ctx.range, ctx.key_groups),
             timers: TimerQueue::new("window-timers", ctx.range),
             watermark: i64::MIN,
-            late: ctx.metrics.counter("late_records_total", "Records later than the allowed lateness"),
+            late: ctx.metrics.counter(
+                "late_records_total",
+                "Records later than the allowed lateness",
+            ),
             _t: std::marker::PhantomData,
         }
     }
 }
 
-impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>> OpInstance<K, T, WindowResult<K, A::Out>>
-    for WindowOperator<K, T, A>
+impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>>
+    OpInstance<K, T, WindowResult<K, A::Out>> for WindowOperator<K, T, A>
 where
     (K, i64): StateKey,
 {
@@ -172,7 +182,14 @@ where
             agg.add(acc, &value);
             if max_ts <= wm {
                 // Late but within the allowed lateness: the window fires again at once.
-                out.push(WindowResult { key: key.clone(), window: Window { start, end: start + size }, result: agg.result(acc) });
+                out.push(WindowResult {
+                    key: key.clone(),
+                    window: Window {
+                        start,
+                        end: start + size,
+                    },
+                    result: agg.result(acc),
+                });
             } else {
                 timers.register(kg, max_ts, key.clone(), start);
             }
@@ -198,7 +215,14 @@ where
                     self.state.get(kg, &k).map(|a| a.to_owned())
                 };
                 if let Some(acc) = acc {
-                    out.push(WindowResult { key: k.0, window: Window { start, end: start + size }, result: self.agg.result(&acc) });
+                    out.push(WindowResult {
+                        key: k.0,
+                        window: Window {
+                            start,
+                            end: start + size,
+                        },
+                        result: self.agg.result(&acc),
+                    });
                 }
             } else {
                 self.state.remove(kg, &k);
@@ -237,7 +261,11 @@ mod tests {
         Windows::tumbling(60_000).for_each_start(-1, |s| v.push(s));
         assert_eq!(v, vec![60_000, -60_000]);
         let mut v = Vec::new();
-        Windows::Sliding { size_ms: 10, slide_ms: 5 }.for_each_start(12, |s| v.push(s));
+        Windows::Sliding {
+            size_ms: 10,
+            slide_ms: 5,
+        }
+        .for_each_start(12, |s| v.push(s));
         assert_eq!(v, vec![10, 5]);
     }
 }

@@ -73,7 +73,8 @@ pub(crate) async fn run(client: Client, args: RunArgs) -> anyhow::Result<()> {
     source.bounded = args.bounded;
     let mut sink = KafkaSinkConfig::new(args.transactional_id_prefix.clone());
     sink.transaction_timeout_ms = args.transaction_timeout_ms;
-    let mut kafka_sink = KafkaSink::new(client.clone(), sink, args.output.clone()).with_metrics(metrics.clone());
+    let mut kafka_sink =
+        KafkaSink::new(client.clone(), sink, args.output.clone()).with_metrics(metrics.clone());
     if let Some(dlq) = &args.dead_letter {
         kafka_sink = kafka_sink.with_dead_letter_topic(dlq.clone());
     }
@@ -83,13 +84,30 @@ pub(crate) async fn run(client: Client, args: RunArgs) -> anyhow::Result<()> {
         out_of_orderness_ms: args.out_of_orderness_ms,
         idle_timeout_ms: args.idle_timeout_ms,
     };
-    let job = fraud::build(config, fraud_config, KafkaSource::new(client, source), kafka_sink);
+    let job = fraud::build(
+        config,
+        fraud_config,
+        KafkaSource::new(client, source),
+        kafka_sink,
+    );
     let report = job.run().await.context("the fraud job failed")?;
     let mut line = serde_json::Map::new();
-    line.insert("restored_from".into(), serde_json::json!(report.restored_from));
-    line.insert("recovered_committed".into(), serde_json::json!(report.recovery.committed));
-    line.insert("recovered_already_committed".into(), serde_json::json!(report.recovery.already_committed));
-    line.insert("lingering_aborted".into(), serde_json::json!(report.recovery.aborted_lingering));
+    line.insert(
+        "restored_from".into(),
+        serde_json::json!(report.restored_from),
+    );
+    line.insert(
+        "recovered_committed".into(),
+        serde_json::json!(report.recovery.committed),
+    );
+    line.insert(
+        "recovered_already_committed".into(),
+        serde_json::json!(report.recovery.already_committed),
+    );
+    line.insert(
+        "lingering_aborted".into(),
+        serde_json::json!(report.recovery.aborted_lingering),
+    );
     line.insert("checkpoints".into(), serde_json::json!(report.checkpoints));
     for (name, _, metric) in metrics.all() {
         match metric {
