@@ -146,6 +146,21 @@ where
     /// Dropping the future stops the tasks where they are, like a crash; the next run recovers
     /// from the latest checkpoint.
     pub async fn run(self) -> Result<JobReport, RuntimeError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs the job like [`run`](Self::run) until `stop` resolves, then stops cleanly: takes a
+    /// final checkpoint (windows stay open in it; the next run resumes from it), commits it,
+    /// aborts the sinks' open transactions, and returns. This is what SIGTERM should do: no
+    /// transaction is left for the broker's timeout, nothing is replayed at the next start.
+    ///
+    /// # Cancel safety
+    /// As [`run`](Self::run).
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<JobReport, RuntimeError> {
+        let mut stop: Option<StopSignal> = Some(Box::pin(stop));
         let config = self.config().clone();
         config.validate()?;
         let p = config.parallelism;
@@ -262,7 +277,9 @@ where
                     stop_at: Some(target.positions),
                     sink: Arc::new(Replay(sink.clone())),
                 };
-                let replay = parts.execute(start, &mut JobReport::default()).await?;
+                let replay = parts
+                    .execute(start, &mut JobReport::default(), None)
+                    .await?;
                 report.replayed_to = Some(id);
                 let latest = {
                     let store = store.clone();
@@ -296,7 +313,7 @@ where
             stop_at: None,
             sink,
         };
-        parts.execute(start, &mut report).await?;
+        parts.execute(start, &mut report, stop.take()).await?;
         Ok(report)
     }
 }
@@ -317,6 +334,7 @@ where
         &self,
         start: Start<'_>,
         report: &mut JobReport,
+        stop: Option<StopSignal>,
     ) -> Result<Option<u64>, RuntimeError> {
         let config = &self.config;
         let p = config.parallelism;
@@ -424,7 +442,7 @@ where
             events: events_rx,
             properties: start.sink.properties(p),
         };
-        let result = coordinator.run(report).await;
+        let result = coordinator.run(report, stop).await;
         if result.is_err() {
             tasks.abort_all();
         }
@@ -443,6 +461,9 @@ struct Pending {
     committables: Vec<(usize, serde_json::Value)>,
 }
 
+/// Resolves when the job should stop cleanly.
+type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 struct Coordinator {
     config: JobConfig,
     /// Stop after the final checkpoint once every source has ended.
@@ -457,7 +478,11 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    async fn run(mut self, report: &mut JobReport) -> Result<(), RuntimeError> {
+    async fn run(
+        mut self,
+        report: &mut JobReport,
+        stop: Option<StopSignal>,
+    ) -> Result<(), RuntimeError> {
         let p = self.config.parallelism;
         let cc = self.config.checkpoint.clone();
         let metrics = self.config.metrics.clone();
@@ -483,12 +508,23 @@ impl Coordinator {
         let mut final_wanted = false;
         let mut final_id: Option<u64> = None;
         let mut done = 0usize;
+        // Not a field: `complete(&self)` is awaited, and the stop future need not be Sync.
+        let mut stop = stop;
         loop {
             let may_trigger = pending.is_none() && final_id.is_none() && (periodic || final_wanted);
             let timeout_at = pending
                 .as_ref()
                 .map(|c| c.started + Duration::from_millis(cc.timeout_ms));
+            let stop_armed = stop.is_some() && !final_wanted;
             tokio::select! {
+                _ = async { stop.as_mut().expect("armed").await }, if stop_armed => {
+                    stop = None;
+                    tracing::info!("stopping: taking a final checkpoint");
+                    final_wanted = true;
+                    if pending.is_none() {
+                        next_trigger = Instant::now();
+                    }
+                }
                 _ = sleep_until(next_trigger.into()), if may_trigger => {
                     let id = self.next_id;
                     self.next_id += 1;

@@ -80,10 +80,14 @@ pub(crate) enum Event {
     },
 }
 
+/// Why a send failed: the receiving task is gone. A keyed subtask that failed reports its own
+/// error; one that finished (the job is stopping) is no error of the source's.
+const DOWNSTREAM_GONE: &str = "downstream task stopped";
+
 async fn send<M>(tx: &Sender<M>, m: M, what: &str) -> Result<(), RuntimeError> {
     tx.send(m).await.map_err(|_| RuntimeError::TaskFailed {
         task: what.into(),
-        reason: "downstream task stopped".into(),
+        reason: DOWNSTREAM_GONE.into(),
     })
 }
 
@@ -105,7 +109,14 @@ pub(crate) struct SourceTask<K, T> {
 }
 
 impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
-    pub(crate) async fn run(mut self) -> Result<(), RuntimeError> {
+    pub(crate) async fn run(self) -> Result<(), RuntimeError> {
+        match self.read().await {
+            Err(RuntimeError::TaskFailed { reason, .. }) if reason == DOWNSTREAM_GONE => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn read(mut self) -> Result<(), RuntimeError> {
         let name = format!("source {}", self.subtask);
         let parallelism = self.outputs.len();
         let records_in = self

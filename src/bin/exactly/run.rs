@@ -90,7 +90,23 @@ pub(crate) async fn run(client: Client, args: RunArgs) -> anyhow::Result<()> {
         KafkaSource::new(client, source),
         kafka_sink,
     );
-    let report = job.run().await.context("the fraud job failed")?;
+    // SIGTERM / SIGINT: a final checkpoint, its commit, the open transactions aborted, exit 0.
+    let stop = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return std::future::pending().await;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("exactly: stopping: final checkpoint, commit, then exit");
+    };
+    let report = job.run_until(stop).await.context("the fraud job failed")?;
     let mut line = serde_json::Map::new();
     line.insert(
         "restored_from".into(),

@@ -276,3 +276,36 @@ async fn a_corrupt_newest_checkpoint_is_named_and_the_output_stays_exact() {
     assert_eq!(alerts(&sink), want);
     assert!(report.replayed_to.is_some(), "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_commits_a_final_checkpoint_and_the_next_run_resumes_from_it() {
+    let splits = input(60_000, 4, 17);
+    let want = expected(&splits, 60_000, 10);
+    let dir = temp_dir("fraud-stop");
+    let sink = MemorySink::default();
+    let mut c = config(&dir, 2, 0); // no periodic checkpoints: the final one is the only one
+    c.bounded = true;
+    let job = build(
+        c,
+        FraudConfig::default(),
+        MemorySource::new(splits.clone(), 8),
+        sink.clone(),
+    );
+    let report = job
+        .run_until(tokio::time::sleep(Duration::from_millis(30)))
+        .await
+        .unwrap();
+    assert_eq!(report.checkpoints, 1, "{report:?}");
+    let stopped_at = report.last_checkpoint;
+    let report = build(
+        config(&dir, 2, 0),
+        FraudConfig::default(),
+        MemorySource::new(splits.clone(), 64),
+        sink.clone(),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(report.restored_from, stopped_at);
+    assert_eq!(alerts(&sink), want);
+}
