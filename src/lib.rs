@@ -36,6 +36,8 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+// `unsafe` lives in one module (`runtime::state::mmap`, memory-mapped snapshots), which allows it.
+#![deny(unsafe_code)]
 // Without `internals`, the codec's and the connection's `pub` items are crate-visible only; the
 // lint is meaningful where they are public.
 #![cfg_attr(feature = "internals", warn(unreachable_pub))]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{Receiver, Sender};
 use super::connector::{OutputRecord, SinkWriter, SourceReader, Target};
 use super::fault;
 use super::job::{Chain, Encoder};
-use super::metrics::{Counter, Registry};
+use super::metrics::{Counter, Gauge, Registry};
 use super::operator::OpInstance;
 use super::source::{
     SourcePoll, SourceRecord, SplitOffset, WatermarkConfig, WatermarkGenerator, WatermarkStatus,
@@ -285,6 +285,7 @@ pub(crate) struct KeyedTask<K, T, O> {
 struct Emitter {
     out: Vec<OutputRecord>,
     records_out: Arc<Counter>,
+    watermark_lag_ms: Arc<Gauge>,
 }
 
 impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
@@ -301,7 +302,15 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
             records_out: self
                 .metrics
                 .counter("records_out_total", "Records written to the job's output"),
+            watermark_lag_ms: self.metrics.gauge(
+                "watermark_lag_ms",
+                "Wall clock minus the event-time watermark of the keyed subtasks (most recent update)",
+            ),
         };
+        let keyed_records = self.metrics.counter(
+            "keyed_records_total",
+            "Records processed by the keyed operators",
+        );
         let alignment_ms = self.metrics.histogram(
             "checkpoint_alignment_ms",
             "Time from the first to the last barrier of a checkpoint at a keyed subtask",
@@ -330,6 +339,7 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
                 m = self.inputs.recv(), if self.sink.writable() => match m {
                     None => return Ok(()),
                     Some((_, Message::Records(batch))) => {
+                        keyed_records.add(batch.len() as u64);
                         for r in batch {
                             self.op.process(r.kg, r.key, r.value, r.ts, &mut results, &mut em.out);
                         }
@@ -388,6 +398,12 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
         if let Some(w) = combined {
             if w > *current {
                 *current = w;
+                if w != i64::MAX {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    em.watermark_lag_ms.set(now_ms.saturating_sub(w));
+                }
                 self.op.advance_watermark(w, results);
                 self.emit(results, em).await?;
             }
