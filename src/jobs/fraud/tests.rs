@@ -309,3 +309,26 @@ async fn a_stopped_job_commits_a_final_checkpoint_and_the_next_run_resumes_from_
     assert_eq!(report.restored_from, stopped_at);
     assert_eq!(alerts(&sink), want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_metadata_file_of_the_newest_checkpoint_keeps_the_output_exact() {
+    let splits = input(40_000, 4, 19);
+    let want = expected(&splits, 60_000, 10);
+    let dir = temp_dir("fraud-metadata");
+    let sink = MemorySink::default();
+    run_until_checkpoints(&splits, &dir, &sink, 3).await;
+    let newest = newest_checkpoint(&dir);
+    std::fs::remove_file(newest.join("_metadata")).unwrap();
+    flip_byte(&newest.join("keyed-0"));
+    let report = build(
+        config(&dir, 2, 5),
+        FraudConfig::default(),
+        MemorySource::new(splits.clone(), 64),
+        sink.clone(),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(alerts(&sink), want, "{report:?}");
+    assert!(report.replayed_to.is_some(), "{report:?}");
+}
