@@ -14,6 +14,7 @@ mod faults;
 mod interop;
 mod prepared_outcome;
 mod produce_fetch;
+mod product_cli;
 mod producer_limits;
 mod reader;
 mod runtime_source;

@@ -211,9 +211,9 @@ impl Generator {
             1 => format!(r#"{{"user_id":{user},"amount":{amount},"card":"{tag}","ts":"#),
             2 => format!(r#"{{"user_id":{user},"amount":{amount},"card":"{tag}"}}"#),
             3 => format!(r#"{{"user_id":"{user}","amount":{amount},"card":"{tag}","ts":{ts}}}"#),
-            _ => format!(
-                r#"{{"user_id":{user},"amount":"{amount} EUR","card":"{tag}","ts":{ts}}}"#
-            ),
+            _ => {
+                format!(r#"{{"user_id":{user},"amount":"{amount} EUR","card":"{tag}","ts":{ts}}}"#)
+            }
         }
     }
 }
@@ -248,9 +248,7 @@ impl Iterator for Generator {
         let amount = format!("{}", cents as f64 / 100.0);
         let jitter = self.rng.below(JITTER_MAX_MS as u64 + 1) as i64;
         let ts = match kind {
-            Kind::Late => {
-                base - LATE_BEHIND_MS - self.rng.below(WINDOW_DEFAULT_MS as u64) as i64
-            }
+            Kind::Late => base - LATE_BEHIND_MS - self.rng.below(WINDOW_DEFAULT_MS as u64) as i64,
             _ => base - jitter,
         };
         let value = match kind {
@@ -289,7 +287,10 @@ pub(crate) fn parse_txn(value: &[u8]) -> Result<Txn, String> {
             return Err(format!("unknown field {key:?}"));
         }
     }
-    let field = |name: &str| obj.get(name).ok_or_else(|| format!("missing field {name:?}"));
+    let field = |name: &str| {
+        obj.get(name)
+            .ok_or_else(|| format!("missing field {name:?}"))
+    };
     let user_id = field("user_id")?
         .as_u64()
         .ok_or("user_id is not an unsigned integer")?;
@@ -438,13 +439,10 @@ pub(crate) fn compare(
         let a = first.alert;
         if copies.len() > 1 {
             out.duplicate_copies += copies.len() as u64 - 1;
-            out.duplicated.push((
-                a,
-                copies.iter().map(|o| (o.partition, o.offset)).collect(),
-            ));
+            out.duplicated
+                .push((a, copies.iter().map(|o| (o.partition, o.offset)).collect()));
         }
-        if a.window_start.rem_euclid(window_ms) != 0 || a.window_end != a.window_start + window_ms
-        {
+        if a.window_start.rem_euclid(window_ms) != 0 || a.window_end != a.window_start + window_ms {
             out.unexpected.push((
                 first.clone(),
                 format!("not a tumbling window of {window_ms} ms"),
@@ -535,13 +533,19 @@ mod tests {
             assert_eq!(t.user_id.to_string(), r.key);
             assert_eq!(t.ts, r.ts);
             // One partition holding everything is the worst case for lateness.
-            assert!(!clock.observe(t.ts, 60_000, OUT_OF_ORDERNESS_DEFAULT_MS), "{r:?} late");
+            assert!(
+                !clock.observe(t.ts, 60_000, OUT_OF_ORDERNESS_DEFAULT_MS),
+                "{r:?} late"
+            );
             counts.add(t.user_id, t.ts, 60_000, false);
         }
         let alerts = counts.counts.values().filter(|(l, _)| *l > 10).count();
         let quiet = counts.counts.values().filter(|(l, _)| *l <= 10).count();
         assert!(alerts >= 5, "{alerts} alerts");
-        assert!(quiet > alerts, "most user windows stay quiet: {quiet} vs {alerts}");
+        assert!(
+            quiet > alerts,
+            "most user windows stay quiet: {quiet} vs {alerts}"
+        );
         let windows: std::collections::HashSet<i64> = counts.counts.keys().map(|k| k.1).collect();
         assert!(windows.len() >= 5, "{} windows", windows.len());
     }
@@ -577,12 +581,16 @@ mod tests {
         assert!(parse_txn(br#"{"user_id":1,"amount":2,"card":"c"}"#)
             .unwrap_err()
             .contains("missing field \"ts\""));
-        assert!(parse_txn(br#"{"user_id":"1","amount":2,"card":"c","ts":5}"#)
-            .unwrap_err()
-            .contains("user_id"));
-        assert!(parse_txn(br#"{"user_id":1,"amount":2,"card":"c","ts":5,"x":1}"#)
-            .unwrap_err()
-            .contains("unknown field"));
+        assert!(
+            parse_txn(br#"{"user_id":"1","amount":2,"card":"c","ts":5}"#)
+                .unwrap_err()
+                .contains("user_id")
+        );
+        assert!(
+            parse_txn(br#"{"user_id":1,"amount":2,"card":"c","ts":5,"x":1}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
         assert_eq!(
             parse_txn(br#"{"user_id":1,"amount":2.5,"card":"c","ts":5}"#).unwrap(),
             Txn { user_id: 1, ts: 5 }

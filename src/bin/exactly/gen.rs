@@ -63,7 +63,10 @@ const DELIVERIES_MAX: usize = 10_000;
 
 pub(crate) async fn run(client: Client, args: GenArgs) -> anyhow::Result<()> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
-        bail!("--rate must be 0 (as fast as possible) or more, got {}", args.rate);
+        bail!(
+            "--rate must be 0 (as fast as possible) or more, got {}",
+            args.rate
+        );
     }
     let start_ms = match args.start_ms {
         Some(ms) => ms,

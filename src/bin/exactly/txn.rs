@@ -18,9 +18,9 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 
+use anyhow::bail;
 use anyhow::Context as _;
 use bytes::Bytes;
-use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 use exactly::client::admin::Admin;
 use exactly::client::producer::ProducerRecord;
@@ -188,7 +188,11 @@ impl Listed {
             self.age_ms(now_ms)
                 .map_or("-".into(), |a| format!("{:.1}s", a as f64 / 1e3)),
             d.map_or("?".into(), |d| format!("{}ms", d.transaction_timeout_ms)),
-            if partitions.is_empty() { "-" } else { &partitions },
+            if partitions.is_empty() {
+                "-"
+            } else {
+                &partitions
+            },
         )
     }
 }
@@ -211,7 +215,9 @@ async fn list(
             transactional_id: t.transactional_id,
             coordinator: t.coordinator,
             state: description.as_ref().map_or(t.state, |d| d.state.clone()),
-            producer_id: description.as_ref().map_or(t.producer_id, |d| d.producer_id),
+            producer_id: description
+                .as_ref()
+                .map_or(t.producer_id, |d| d.producer_id),
             description,
         });
     }

@@ -173,16 +173,12 @@ pub(crate) async fn run(client: Client, args: VerifyArgs) -> anyhow::Result<()> 
     .await?;
     let alerts_read = observed.len() as u64;
     let open_from = args.allow_open_windows.then_some(final_watermark).flatten();
-    let comparison = compare(
-        &counts,
-        observed,
-        args.threshold,
-        args.window_ms,
-        open_from,
-    );
+    let comparison = compare(&counts, observed, args.threshold, args.window_ms, open_from);
 
     let dead = match &args.dead_letter {
-        Some(topic) => Some(check_dead_letters(&client, topic, malformed, &late, args.examples).await?),
+        Some(topic) => {
+            Some(check_dead_letters(&client, topic, malformed, &late, args.examples).await?)
+        }
         None => None,
     };
 
@@ -312,10 +308,13 @@ async fn read_topic(
         },
     );
     for p in 0..info.partitions.len() as i32 {
-        let mut reader =
-            PartitionReader::new(fetcher.clone(), TopicPartition::new(topic, p), OffsetSpec::Earliest)
-                .await
-                .with_context(|| format!("cannot read {topic}/{p}"))?;
+        let mut reader = PartitionReader::new(
+            fetcher.clone(),
+            TopicPartition::new(topic, p),
+            OffsetSpec::Earliest,
+        )
+        .await
+        .with_context(|| format!("cannot read {topic}/{p}"))?;
         loop {
             for r in reader
                 .poll()
@@ -487,15 +486,19 @@ async fn check_dead_letters(
         d.unexpected_count += 1;
         if d.unexpected.len() < examples {
             // The job names the reason in a header; show whichever header there is.
-            let reason = r
-                .headers
-                .iter()
-                .find_map(|h| h.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()));
+            let reason = r.headers.iter().find_map(|h| {
+                h.value
+                    .as_deref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
             d.unexpected.push((partition, r.offset, value, reason));
         }
     })
     .await?;
-    let mut missing: Vec<(Bytes, u64)> = malformed.into_iter().filter(|(_, left)| *left > 0).collect();
+    let mut missing: Vec<(Bytes, u64)> = malformed
+        .into_iter()
+        .filter(|(_, left)| *left > 0)
+        .collect();
     missing.sort();
     d.missing_count = missing.iter().map(|(_, k)| k).sum();
     d.missing = missing;
@@ -543,8 +546,15 @@ fn print_text(
     section("unexpected", &report["unexpected"]);
     section("wrong count", &report["mismatched"]);
     if report["output"]["unreadable"].as_u64().unwrap_or(0) > 0 {
-        println!("unreadable output records: {}", report["output"]["unreadable"]);
-        for e in report["output"]["unreadable_examples"].as_array().into_iter().flatten() {
+        println!(
+            "unreadable output records: {}",
+            report["output"]["unreadable"]
+        );
+        for e in report["output"]["unreadable_examples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             println!("  {e}");
         }
     }
