@@ -214,12 +214,12 @@ pub(crate) async fn run(client: Client, args: VerifyArgs) -> anyhow::Result<()> 
             open.len()
         ));
     }
-    let late_note = (late_count > 0).then(|| {
+    let late_note = (late_count > 0).then_some(
         "possibly late records: their window may have closed before they arrived, and the job \
          drops records later than the watermark, so the alerts of those windows may \
          legitimately differ; they are checked against a range (without and with the late \
-         records). With `gen --late-fraction 0` there are none."
-    });
+         records). With `gen --late-fraction 0` there are none.",
+    );
     let report = json!({
         "ok": discrepancies.is_empty(),
         "discrepancies": discrepancies,
