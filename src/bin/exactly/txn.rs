@@ -13,7 +13,9 @@
 //! an ongoing transaction whose producer is gone holds every `read_committed` reader of its
 //! partitions at the last stable offset until the broker's transaction timeout.
 //! `abort-lingering` fences such transactions with InitProducerId under their own id — the
-//! coordinator then aborts them — and is a dry run unless `--execute` is given.
+//! coordinator then aborts them — and is a dry run unless `--execute` is given. A transaction
+//! whose commit was decided in the meantime is not aborted: the coordinator answers
+//! InitProducerId only once that commit is complete, and then merely bumps the epoch.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -364,10 +366,13 @@ async fn abort_lingering(
     let candidates: Vec<Listed> = list(client, Some(prefix), &[CoordinatorState::Ongoing])
         .await?
         .into_iter()
-        // Only what is still open, and old enough (an unknown start time counts as old: the
-        // listing said it is ongoing).
+        // Only what is still open, and old enough (an unknown start time only passes when no
+        // minimum age is asked for).
         .filter(|t| t.state == CoordinatorState::Ongoing)
-        .filter(|t| t.age_ms(now).is_none_or(|age| age >= older_than_ms))
+        .filter(|t| {
+            t.age_ms(now)
+                .map_or(older_than_ms <= 0, |age| age >= older_than_ms)
+        })
         .collect();
     let mut results = Vec::new();
     let mut failures = 0usize;
