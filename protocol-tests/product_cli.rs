@@ -372,6 +372,16 @@ async fn verify_passes_on_a_correct_output_and_names_each_discrepancy() {
     assert_eq!(partitions, vec![1], "{report}");
     hanging.abort().await.unwrap();
 
+    // An alert under another key than its user id.
+    let rekeyed = create(&client, "cli-verify-key", 2).await;
+    let mut records = alert_records(&alerts);
+    records[0].0 = "someone-else".into();
+    write_committed(&client, &rekeyed, &records).await;
+    let (out, report) = verify(&input, &rekeyed, None).await;
+    assert_fails_naming(&out, &report, "not keyed by their user id");
+    assert_eq!(report["output"]["wrong_key"], 1, "{report}");
+    assert_eq!(report["matched"], alerts.len(), "{report}");
+
     // Dead letters: one malformed record missing, another twice.
     let bad_dead = create(&client, "cli-verify-dlq-bad", 1).await;
     let mut letters = malformed[1..].to_vec();

@@ -148,13 +148,28 @@ pub(crate) async fn run(client: Client, args: VerifyArgs) -> anyhow::Result<()> 
     let mut observed = Vec::new();
     let mut unreadable: Vec<Value> = Vec::new();
     let mut unreadable_count = 0u64;
+    let mut wrong_key: Vec<Value> = Vec::new();
+    let mut wrong_key_count = 0u64;
     read_topic(&client, &args.output, |partition, r| {
         match r.value.as_deref().map(parse_alert) {
-            Some(Ok(alert)) => observed.push(Observed {
-                alert,
-                partition,
-                offset: r.offset,
-            }),
+            Some(Ok(alert)) => {
+                // Alerts are keyed by user id, so that one user's alerts stay in order.
+                let key = alert.user_id.to_string();
+                if r.key.as_deref() != Some(key.as_bytes()) {
+                    wrong_key_count += 1;
+                    if wrong_key.len() < args.examples {
+                        wrong_key.push(json!({
+                            "partition": partition, "offset": r.offset, "alert": alert,
+                            "key": r.key.as_deref().map(String::from_utf8_lossy),
+                        }));
+                    }
+                }
+                observed.push(Observed {
+                    alert,
+                    partition,
+                    offset: r.offset,
+                });
+            }
             other => {
                 unreadable_count += 1;
                 if unreadable.len() < args.examples {
@@ -205,6 +220,11 @@ pub(crate) async fn run(client: Client, args: VerifyArgs) -> anyhow::Result<()> 
     if unreadable_count > 0 {
         discrepancies.push(format!("{unreadable_count} unreadable output records"));
     }
+    if wrong_key_count > 0 {
+        discrepancies.push(format!(
+            "{wrong_key_count} alerts not keyed by their user id"
+        ));
+    }
     if let Some(d) = &dead {
         discrepancies.extend(d.discrepancies());
     }
@@ -237,6 +257,8 @@ pub(crate) async fn run(client: Client, args: VerifyArgs) -> anyhow::Result<()> 
             "alerts": alerts_read,
             "unreadable": unreadable_count,
             "unreadable_examples": unreadable,
+            "wrong_key": wrong_key_count,
+            "wrong_key_examples": wrong_key,
         },
         "expected_alerts": c.expected,
         "ambiguous_windows": c.ambiguous,
@@ -551,6 +573,19 @@ fn print_text(
             report["output"]["unreadable"]
         );
         for e in report["output"]["unreadable_examples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!("  {e}");
+        }
+    }
+    if report["output"]["wrong_key"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "alerts not keyed by their user id: {}",
+            report["output"]["wrong_key"]
+        );
+        for e in report["output"]["wrong_key_examples"]
             .as_array()
             .into_iter()
             .flatten()
