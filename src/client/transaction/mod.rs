@@ -262,6 +262,10 @@ pub struct TxnDescription {
     pub producer_epoch: i16,
     /// Partitions in the ongoing transaction.
     pub partitions: Vec<(String, i32)>,
+    /// When the ongoing transaction started (epoch ms); -1 when none is open.
+    pub transaction_start_time_ms: i64,
+    /// The transaction timeout the producer asked for (the coordinator aborts after it).
+    pub transaction_timeout_ms: i32,
 }
 
 /// A transactional id's state on its coordinator, as DescribeTransactions reports it (the
