@@ -44,7 +44,7 @@
 //! and [`commit_prepared`]/[`abort_prepared`], `settle` the wait of a transaction's first write
 //! for the previous transaction's markers (a lost race costs 20 ms). `fake_tests` and
 //! `prepared_fake_tests` drive the producer through the client's scripted fake cluster
-//! ([`crate::client::fake_cluster`], tests only) on the paths a real broker cannot be made to take.
+//! (`client::fake_cluster`, tests only) on the paths a real broker cannot be made to take.
 
 mod coordinator;
 mod marker;
