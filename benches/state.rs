@@ -26,9 +26,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use exactly::runtime::state::{
-    key_group_of, KeyGroupRange, SnapshotFile, SnapshotWriter, StableHash, StateTable,
-    TimerQueue, DEFAULT_KEY_GROUPS,
+    key_group_of, KeyGroupRange, SnapshotFile, SnapshotWriter, StableHash, StateTable, TimerQueue,
+    DEFAULT_KEY_GROUPS,
 };
+use rkyv::util::AlignedVec;
 
 #[derive(
     rkyv::Archive,
@@ -82,13 +83,17 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-fn write_rkyv(table: &StateTable<u64, Agg>, path: &Path, capacity: usize) -> u64 {
-    let mut w = SnapshotWriter::with_capacity(SCHEMA, capacity);
+/// Writes the table's snapshot file; `buffer` is the previous snapshot's buffer, reused (as a
+/// subtask snapshotting every second would).
+fn write_rkyv(table: &StateTable<u64, Agg>, path: &Path, buffer: &mut AlignedVec<16>) -> u64 {
+    let mut w = SnapshotWriter::with_buffer(SCHEMA, std::mem::take(buffer));
     table.snapshot(&mut w).expect("snapshot");
     let bytes = w.finish().expect("finish");
     let mut file = File::create(path).expect("create");
     file.write_all(&bytes).expect("write");
-    bytes.len() as u64
+    let len = bytes.len() as u64;
+    *buffer = bytes;
+    len
 }
 
 fn write_bincode(map: &HashMap<u64, Agg>, path: &Path) -> u64 {
@@ -130,7 +135,8 @@ fn keyed_state(c: &mut Criterion) {
         let (rkyv_bytes, bincode_bytes) = {
             let t = table(n);
             let m = map(n);
-            let rkyv_bytes = write_rkyv(&t, &rkyv_path, 0);
+            let mut buffer = AlignedVec::new();
+            let rkyv_bytes = write_rkyv(&t, &rkyv_path, &mut buffer);
             let bincode_bytes = write_bincode(&m, &bincode_path);
             eprintln!("{n} keys: rkyv file {rkyv_bytes} bytes, bincode file {bincode_bytes} bytes");
 
@@ -140,7 +146,7 @@ fn keyed_state(c: &mut Criterion) {
             group.measurement_time(Duration::from_secs(3));
             group.throughput(Throughput::Bytes(rkyv_bytes));
             group.bench_function(BenchmarkId::new("rkyv", n), |b| {
-                b.iter(|| write_rkyv(&t, &rkyv_path, rkyv_bytes as usize))
+                b.iter(|| write_rkyv(&t, &rkyv_path, &mut buffer))
             });
             group.throughput(Throughput::Bytes(bincode_bytes));
             group.bench_function(BenchmarkId::new("bincode", n), |b| {
@@ -192,7 +198,7 @@ fn keyed_state(c: &mut Criterion) {
         // ~1 GB: 26e6 keys × (8 hash + 8 key + 24 value) bytes.
         let n = 26_000_000;
         let path = dir.join("rkyv-1gb");
-        let bytes = write_rkyv(&table(n), &path, 0);
+        let bytes = write_rkyv(&table(n), &path, &mut AlignedVec::new());
         eprintln!("{n} keys: rkyv file {bytes} bytes");
         let mut group = c.benchmark_group("restore_1gb");
         group.sample_size(10);

@@ -165,7 +165,17 @@ impl SnapshotWriter {
 
     /// Like [`SnapshotWriter::new`], reserving `bytes` of buffer.
     pub fn with_capacity(schema_hash: u64, bytes: usize) -> Self {
-        let mut buf = AlignedVec::with_capacity(bytes.max(HEADER_BYTES));
+        Self::with_buffer(
+            schema_hash,
+            AlignedVec::with_capacity(bytes.max(HEADER_BYTES)),
+        )
+    }
+
+    /// Like [`SnapshotWriter::new`], reusing `buf` (cleared first): a subtask that snapshots
+    /// every second can hand back the previous file's buffer, which saves allocating and
+    /// page-faulting in a state-sized buffer each time.
+    pub fn with_buffer(schema_hash: u64, mut buf: AlignedVec<16>) -> Self {
+        buf.clear();
         buf.extend_from_slice(&[0u8; HEADER_BYTES]);
         SnapshotWriter {
             buf,
@@ -663,6 +673,7 @@ fn decode_table(bytes: &[u8], h: &Header) -> Result<Vec<SectionInfo>, String> {
         ));
     }
     let mut sections = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::with_capacity(count);
     for i in 0..count {
         let at = h.table_offset as usize + i * SECTION_ENTRY_BYTES;
         let entry = &bytes[at..at + SECTION_ENTRY_BYTES];
@@ -702,6 +713,11 @@ fn decode_table(bytes: &[u8], h: &Header) -> Result<Vec<SectionInfo>, String> {
             return Err(format!(
                 "section {i} ({name}): {len} bytes at offset {offset} run past the section table at {}",
                 h.table_offset
+            ));
+        }
+        if !seen.insert((name.clone(), key_group)) {
+            return Err(format!(
+                "section {i} ({name}, key group {key_group:?}) appears twice"
             ));
         }
         sections.push(SectionInfo {
@@ -895,6 +911,16 @@ mod tests {
         assert!(reason.contains("run past"), "{reason}");
         let reason = reason_of(open(&with_table(&[(0, 8)])));
         assert!(reason.contains("aligned after the header"), "{reason}");
+    }
+
+    #[test]
+    fn duplicate_sections_are_rejected() {
+        let mut w = SnapshotWriter::new(1);
+        w.add_bytes("a", Some(1), b"x").unwrap();
+        w.add_bytes("a", Some(2), b"x").unwrap();
+        w.add_bytes("a", Some(1), b"y").unwrap();
+        let reason = reason_of(open(&w.finish().unwrap()));
+        assert_eq!(reason, "section 2 (a, key group Some(1)) appears twice");
     }
 
     #[test]

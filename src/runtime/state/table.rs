@@ -1088,6 +1088,33 @@ mod tests {
         );
     }
 
+    /// Writes the fuzz target's seeds (`fuzz/seeds/snapshot_file/`): run with `--ignored`.
+    #[test]
+    #[ignore = "writes files into fuzz/seeds; run by hand when the format changes"]
+    fn write_fuzz_seeds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/snapshot_file");
+        std::fs::create_dir_all(&dir).unwrap();
+        let range = KeyGroupRange::new(0, 128);
+        let mut numbers: StateTable<u64, (u64, i64)> = StateTable::new("n", range, 128);
+        let mut strings: StateTable<String, Vec<u8>> = StateTable::new("s", range, 128);
+        let mut timers: crate::runtime::state::TimerQueue<u64, i64> =
+            crate::runtime::state::TimerQueue::new("t", range);
+        for i in 0..6u64 {
+            let g = key_group_of(i.stable_hash(), 128);
+            numbers.insert(g, i, (i, -(i as i64)));
+            timers.register(g, i as i64 * 10, i, 60);
+            let s = format!("k{i}");
+            strings.insert(key_group_of(s.stable_hash(), 128), s, vec![i as u8; 3]);
+        }
+        let mut w = SnapshotWriter::new(1);
+        numbers.snapshot(&mut w).unwrap();
+        std::fs::write(dir.join("numbers.snap"), w.finish().unwrap()).unwrap();
+        let mut w = SnapshotWriter::new(2);
+        strings.snapshot(&mut w).unwrap();
+        timers.snapshot(&mut w).unwrap();
+        std::fs::write(dir.join("strings-timers.snap"), w.finish().unwrap()).unwrap();
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u16, i64),
