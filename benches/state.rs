@@ -15,7 +15,8 @@
 //! - `restore_1gb/rkyv`: restore to first record of ~1 GB of keyed state.
 //!
 //! Run: `cargo bench --bench state` (a few minutes; page cache warm: the files were just
-//! written). Set `STATE_BENCH_SMALL=1` to skip the 1e7 and 1 GB cases.
+//! written). Set `STATE_BENCH_SMALL=1` to skip the 1e7 and 1 GB cases, or
+//! `STATE_BENCH_SIZES=10000000` to run only the listed sizes (no 1 GB case).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -96,6 +97,26 @@ fn write_rkyv(table: &StateTable<u64, Agg>, path: &Path, buffer: &mut AlignedVec
     len
 }
 
+/// Prints the time of each phase of one rkyv snapshot (table → buffer, checksum, file write).
+fn phases(table: &StateTable<u64, Agg>, path: &Path, buffer: &mut AlignedVec<16>) {
+    let start = std::time::Instant::now();
+    let mut w = SnapshotWriter::with_buffer(SCHEMA, std::mem::take(buffer));
+    table.snapshot(&mut w).expect("snapshot");
+    let serialized = start.elapsed();
+    let bytes = w.finish().expect("finish");
+    let finished = start.elapsed();
+    let mut file = File::create(path).expect("create");
+    file.write_all(&bytes).expect("write");
+    drop(file);
+    let written = start.elapsed();
+    eprintln!(
+        "rkyv snapshot phases: serialize {serialized:?}, + finish (crc) {:?}, + create/write/close {:?}",
+        finished - serialized,
+        written - finished
+    );
+    *buffer = bytes;
+}
+
 fn write_bincode(map: &HashMap<u64, Agg>, path: &Path) -> u64 {
     let mut out = BufWriter::new(File::create(path).expect("create"));
     bincode::serialize_into(&mut out, map).expect("bincode");
@@ -124,12 +145,16 @@ fn restore_bincode(path: &Path, key: u64) -> Agg {
 fn keyed_state(c: &mut Criterion) {
     let dir = temp_dir();
     let small = std::env::var_os("STATE_BENCH_SMALL").is_some();
-    let sizes: &[u64] = if small {
-        &[1_000_000]
-    } else {
-        &[1_000_000, 10_000_000]
+    // STATE_BENCH_SIZES=10000000 (comma-separated) picks the sizes and skips the 1 GB case.
+    let chosen: Option<Vec<u64>> = std::env::var("STATE_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let sizes = match (&chosen, small) {
+        (Some(sizes), _) => sizes.clone(),
+        (None, true) => vec![1_000_000],
+        (None, false) => vec![1_000_000, 10_000_000],
     };
-    for &n in sizes {
+    for n in sizes {
         let rkyv_path = dir.join(format!("rkyv-{n}"));
         let bincode_path = dir.join(format!("bincode-{n}"));
         let (rkyv_bytes, bincode_bytes) = {
@@ -137,6 +162,8 @@ fn keyed_state(c: &mut Criterion) {
             let m = map(n);
             let mut buffer = AlignedVec::new();
             let rkyv_bytes = write_rkyv(&t, &rkyv_path, &mut buffer);
+            phases(&t, &rkyv_path, &mut buffer);
+            phases(&t, &rkyv_path, &mut buffer);
             let bincode_bytes = write_bincode(&m, &bincode_path);
             eprintln!("{n} keys: rkyv file {rkyv_bytes} bytes, bincode file {bincode_bytes} bytes");
 
@@ -194,7 +221,7 @@ fn keyed_state(c: &mut Criterion) {
         let _ = std::fs::remove_file(&bincode_path);
     }
 
-    if !small {
+    if !small && chosen.is_none() {
         // ~1 GB: 26e6 keys × (8 hash + 8 key + 24 value) bytes.
         let n = 26_000_000;
         let path = dir.join("rkyv-1gb");
