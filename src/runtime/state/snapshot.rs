@@ -38,14 +38,21 @@
 //! # Validated access, not `access_unchecked`
 //!
 //! After the crc32c matches, the archives could be read with `rkyv::access_unchecked` (O(1)),
-//! or validated with rkyv's checker (`rkyv::access`), which walks every archived value. The
-//! checksum already pages in the whole file, so validation adds CPU, not I/O. Measured on this
-//! machine (see `benches/state.rs`, `restore_to_first_record`; 1e7 keys `u64 → {u64, i64, i64}`,
-//! 400 MB of sections, warm page cache): crc32c of the file ≈ 40 ms, validating all 128
-//! key-group sections ≈ 10 ms — validation costs a quarter of the checksum and keeps the
-//! restore sound even for a file whose checksum was forged, so the state module always
-//! validates (`mmap::Validated`) and reads with `access_unchecked` only afterwards.
-//! (Figures are in the state branch's report; they are re-measurable with the bench.)
+//! or validated with rkyv's checker (`rkyv::access`, bytecheck), which walks every archived
+//! value. The body checksum already reads (pages in) the whole file, so validation adds CPU,
+//! not I/O. Measured with `benches/state.rs` (`restore_parts`; medians, warm page cache, a
+//! 2-core machine shared with other builds, so ±20 %):
+//!
+//! | keys `u64 → {u64, i64, i64}` | file | open + crc32c | + validate all 128 sections | validation |
+//! |---|---|---|---|---|
+//! | 1e6 | 40 MB | 3.5 ms | 4.4 ms | ≈ 0.9 ms |
+//! | 1e7 | 400 MB | 52 ms | 71 ms | ≈ 19 ms |
+//!
+//! Validation costs about a third of the checksum and keeps the restore sound even for a file
+//! whose checksums were forged or collide (crc32c detects accidents, not malice), so the state
+//! module always validates, once per section (`mmap::Validated`), and reads in place without
+//! re-validating afterwards. Restore to the first record of 1e7 keys takes ≈ 42–71 ms this way
+//! (against ≈ 5.2 s for serde + bincode), and of 1 GB of keyed state ≈ 110 ms.
 
 use std::fmt;
 use std::fs::File;
