@@ -552,18 +552,23 @@ impl<K: StateKey, V: StateValue> StateTable<K, V> {
     /// Sets the value of `key`; returns whether it had one.
     pub fn insert(&mut self, kg: u16, key: K, value: V) -> bool {
         let group = self.group_mut(kg);
-        let hash = group.base.as_ref().map(|_| key.stable_hash());
-        if group.live.insert(key.clone(), value).is_some() {
+        let Some(base) = &mut group.base else {
+            return group.live.insert(key, value).is_some();
+        };
+        // A key in the live map has its base entry shadowed already, so a visible base entry
+        // means the key is not live: this insert overrides it.
+        let visible = base.find_visible(key.stable_hash(), &key);
+        if group.live.insert(key, value).is_some() {
             return true;
         }
-        if let (Some(base), Some(hash)) = (&mut group.base, hash) {
-            if let Some(i) = base.find_visible(hash, &key) {
+        match visible {
+            Some(i) => {
                 base.shadow(i);
                 group.drop_base_if_fully_shadowed();
-                return true;
+                true
             }
+            None => false,
         }
-        false
     }
 
     /// Removes `key`'s value and returns it (deserialized if it was in the base).
