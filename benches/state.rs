@@ -17,7 +17,6 @@
 //! Run: `cargo bench --bench state` (a few minutes; page cache warm: the files were just
 //! written). Set `STATE_BENCH_SMALL=1` to skip the 1e7 and 1 GB cases, or
 //! `STATE_BENCH_SIZES=10000000` to run only the listed sizes (no 1 GB case).
-
 //!
 //! Medians measured 2026-12-02 on the shared 2-core machine (two runs: load average ≈ 3 / ≈ 11,
 //! so absolute times move by 2×; the ratios are what to read):
