@@ -15,7 +15,20 @@
 //! - `restore_1gb/rkyv`: restore to first record of ~1 GB of keyed state.
 //!
 //! Run: `cargo bench --bench state` (a few minutes; page cache warm: the files were just
-//! written). Set `STATE_BENCH_SMALL=1` to skip the 1e7 and 1 GB cases.
+//! written). Set `STATE_BENCH_SMALL=1` to skip the 1e7 and 1 GB cases, or
+//! `STATE_BENCH_SIZES=10000000` to run only the listed sizes (no 1 GB case).
+//!
+//! Medians measured 2026-12-02 on the shared 2-core machine (two runs: load average ≈ 3 / ≈ 11,
+//! so absolute times move by 2×; the ratios are what to read):
+//!
+//! | | rkyv | serde + bincode 1 | ratio |
+//! |---|---|---|---|
+//! | snapshot 1e6 (40 / 32 MB) | 60.6 / 114 ms | 65.3 / 148 ms | 1.08× / 1.30× |
+//! | snapshot 1e7 (400 / 320 MB) | 1.03 / 1.33 s | 0.64 / 0.73 s | 0.62× / 0.55× (slower) |
+//! | restore to first record 1e6 | 3.75 / 10.2 ms | 261 / 551 ms | 70× / 54× |
+//! | restore to first record 1e7 | 42.4 / 86.4 ms | 5.18 / 10.5 s | 122× / 121× |
+//! | restore to first record 1.04 GB (26e6 keys) | 111 / 285 ms | — | goal < 1 s |
+//! | timers: restore / snapshot 1e6 | 14.8 / 66 ms (first run) | — | |
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,6 +42,7 @@ use exactly::runtime::state::{
     key_group_of, KeyGroupRange, SnapshotFile, SnapshotWriter, StableHash, StateTable, TimerQueue,
     DEFAULT_KEY_GROUPS,
 };
+use rkyv::util::AlignedVec;
 
 #[derive(
     rkyv::Archive,
@@ -82,13 +96,37 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-fn write_rkyv(table: &StateTable<u64, Agg>, path: &Path, capacity: usize) -> u64 {
-    let mut w = SnapshotWriter::with_capacity(SCHEMA, capacity);
+/// Writes the table's snapshot file; `buffer` is the previous snapshot's buffer, reused (as a
+/// subtask snapshotting every second would).
+fn write_rkyv(table: &StateTable<u64, Agg>, path: &Path, buffer: &mut AlignedVec<16>) -> u64 {
+    let mut w = SnapshotWriter::with_buffer(SCHEMA, std::mem::take(buffer));
     table.snapshot(&mut w).expect("snapshot");
     let bytes = w.finish().expect("finish");
     let mut file = File::create(path).expect("create");
     file.write_all(&bytes).expect("write");
-    bytes.len() as u64
+    let len = bytes.len() as u64;
+    *buffer = bytes;
+    len
+}
+
+/// Prints the time of each phase of one rkyv snapshot (table → buffer, checksum, file write).
+fn phases(table: &StateTable<u64, Agg>, path: &Path, buffer: &mut AlignedVec<16>) {
+    let start = std::time::Instant::now();
+    let mut w = SnapshotWriter::with_buffer(SCHEMA, std::mem::take(buffer));
+    table.snapshot(&mut w).expect("snapshot");
+    let serialized = start.elapsed();
+    let bytes = w.finish().expect("finish");
+    let finished = start.elapsed();
+    let mut file = File::create(path).expect("create");
+    file.write_all(&bytes).expect("write");
+    drop(file);
+    let written = start.elapsed();
+    eprintln!(
+        "rkyv snapshot phases: serialize {serialized:?}, + finish (crc) {:?}, + create/write/close {:?}",
+        finished - serialized,
+        written - finished
+    );
+    *buffer = bytes;
 }
 
 fn write_bincode(map: &HashMap<u64, Agg>, path: &Path) -> u64 {
@@ -119,18 +157,25 @@ fn restore_bincode(path: &Path, key: u64) -> Agg {
 fn keyed_state(c: &mut Criterion) {
     let dir = temp_dir();
     let small = std::env::var_os("STATE_BENCH_SMALL").is_some();
-    let sizes: &[u64] = if small {
-        &[1_000_000]
-    } else {
-        &[1_000_000, 10_000_000]
+    // STATE_BENCH_SIZES=10000000 (comma-separated) picks the sizes and skips the 1 GB case.
+    let chosen: Option<Vec<u64>> = std::env::var("STATE_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let sizes = match (&chosen, small) {
+        (Some(sizes), _) => sizes.clone(),
+        (None, true) => vec![1_000_000],
+        (None, false) => vec![1_000_000, 10_000_000],
     };
-    for &n in sizes {
+    for n in sizes {
         let rkyv_path = dir.join(format!("rkyv-{n}"));
         let bincode_path = dir.join(format!("bincode-{n}"));
         let (rkyv_bytes, bincode_bytes) = {
             let t = table(n);
             let m = map(n);
-            let rkyv_bytes = write_rkyv(&t, &rkyv_path, 0);
+            let mut buffer = AlignedVec::new();
+            let rkyv_bytes = write_rkyv(&t, &rkyv_path, &mut buffer);
+            phases(&t, &rkyv_path, &mut buffer);
+            phases(&t, &rkyv_path, &mut buffer);
             let bincode_bytes = write_bincode(&m, &bincode_path);
             eprintln!("{n} keys: rkyv file {rkyv_bytes} bytes, bincode file {bincode_bytes} bytes");
 
@@ -140,7 +185,7 @@ fn keyed_state(c: &mut Criterion) {
             group.measurement_time(Duration::from_secs(3));
             group.throughput(Throughput::Bytes(rkyv_bytes));
             group.bench_function(BenchmarkId::new("rkyv", n), |b| {
-                b.iter(|| write_rkyv(&t, &rkyv_path, rkyv_bytes as usize))
+                b.iter(|| write_rkyv(&t, &rkyv_path, &mut buffer))
             });
             group.throughput(Throughput::Bytes(bincode_bytes));
             group.bench_function(BenchmarkId::new("bincode", n), |b| {
@@ -188,11 +233,11 @@ fn keyed_state(c: &mut Criterion) {
         let _ = std::fs::remove_file(&bincode_path);
     }
 
-    if !small {
+    if !small && chosen.is_none() {
         // ~1 GB: 26e6 keys × (8 hash + 8 key + 24 value) bytes.
         let n = 26_000_000;
         let path = dir.join("rkyv-1gb");
-        let bytes = write_rkyv(&table(n), &path, 0);
+        let bytes = write_rkyv(&table(n), &path, &mut AlignedVec::new());
         eprintln!("{n} keys: rkyv file {bytes} bytes");
         let mut group = c.benchmark_group("restore_1gb");
         group.sample_size(10);

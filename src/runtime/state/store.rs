@@ -29,6 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rkyv::util::AlignedVec;
 use serde::{Deserialize, Serialize};
 
 use super::keygroup::StableHash;
@@ -52,6 +53,25 @@ fn metadata_schema() -> u64 {
     // Fixed (not `type_fingerprint`, which may change with the compiler): bump the suffix when
     // the metadata's JSON changes incompatibly.
     "exactly::runtime::state::CheckpointMetadata/v1".stable_hash()
+}
+
+/// The metadata file's bytes: snapshot framing around one section of JSON.
+fn encode_metadata(metadata: &CheckpointMetadata) -> Result<AlignedVec<16>, RuntimeError> {
+    let json = serde_json::to_vec(metadata).map_err(|e| RuntimeError::SnapshotWrite {
+        what: METADATA_FILE.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut w = SnapshotWriter::new(metadata_schema());
+    w.add_bytes(METADATA_SECTION, None, &json)?;
+    w.finish()
+}
+
+/// The metadata in a verified metadata file, or why it is not there.
+fn decode_metadata(file: &SnapshotFile) -> Result<CheckpointMetadata, String> {
+    let section = file
+        .section(METADATA_SECTION, None)
+        .ok_or_else(|| format!("no {METADATA_SECTION} section"))?;
+    serde_json::from_slice(section.bytes()).map_err(|e| format!("metadata is not valid JSON: {e}"))
 }
 
 /// One file of a checkpoint, as listed in its metadata.
@@ -320,16 +340,7 @@ impl LocalDirStore {
         };
         let meta_file = SnapshotFile::open_expecting(&meta_path, metadata_schema())
             .map_err(|e| (meta_path.clone(), reason_of(e)))?;
-        let section = meta_file
-            .section(METADATA_SECTION, None)
-            .ok_or_else(|| (meta_path.clone(), format!("no {METADATA_SECTION} section")))?;
-        let metadata: CheckpointMetadata =
-            serde_json::from_slice(section.bytes()).map_err(|e| {
-                (
-                    meta_path.clone(),
-                    format!("metadata is not valid JSON: {e}"),
-                )
-            })?;
+        let metadata = decode_metadata(&meta_file).map_err(|reason| (meta_path.clone(), reason))?;
         if metadata.checkpoint_id != checkpoint_id {
             return Err((
                 meta_path,
@@ -418,13 +429,7 @@ impl CheckpointStore for LocalDirStore {
 
     fn complete(&self, metadata: &CheckpointMetadata) -> Result<(), RuntimeError> {
         let id = metadata.checkpoint_id;
-        let json = serde_json::to_vec(metadata).map_err(|e| RuntimeError::SnapshotWrite {
-            what: METADATA_FILE.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let mut w = SnapshotWriter::new(metadata_schema());
-        w.add_bytes(METADATA_SECTION, None, &json)?;
-        let bytes = w.finish()?;
+        let bytes = encode_metadata(metadata)?;
         let dir = self.ensure_checkpoint_dir(id)?;
         write_durably(&dir, METADATA_FILE, &bytes)?;
         write_durably(&dir, METADATA_COPY_FILE, &bytes)?;
@@ -841,6 +846,36 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn metadata_round_trips(
+            checkpoint_id: u64,
+            created_ms: u64,
+            job_schema_hash: u64,
+            parallelism: u32,
+            key_groups: u16,
+            files in proptest::collection::vec(("[a-z0-9._-]{1,20}", proptest::prelude::any::<(u64, u32, u64)>()), 0..5),
+            properties in proptest::collection::btree_map(".{0,10}", ".{0,30}", 0..4),
+        ) {
+            let metadata = CheckpointMetadata {
+                checkpoint_id,
+                created_ms,
+                job_schema_hash,
+                parallelism,
+                key_groups,
+                files: files
+                    .into_iter()
+                    .map(|(name, (bytes, crc32c, schema_hash))| CheckpointFile { name, bytes, crc32c, schema_hash })
+                    .collect(),
+                properties,
+            };
+            let bytes = encode_metadata(&metadata).unwrap();
+            let file = SnapshotFile::from_bytes(Path::new(METADATA_FILE), &bytes).unwrap();
+            file.expect_schema(metadata_schema()).unwrap();
+            proptest::prop_assert_eq!(decode_metadata(&file).unwrap(), metadata);
+        }
     }
 
     #[test]

@@ -227,39 +227,66 @@ where
     }
 }
 
+/// Reusable buffers for sorting entries by hash (allocated once per snapshot, not per key
+/// group: large per-group allocations cost page faults).
+struct SortScratch<T> {
+    sorted: Vec<(u64, T)>,
+    starts: Vec<usize>,
+    hashes: Vec<u64>,
+}
+
+impl<T> SortScratch<T> {
+    fn new() -> Self {
+        SortScratch {
+            sorted: Vec::new(),
+            starts: Vec::new(),
+            hashes: Vec::new(),
+        }
+    }
+}
+
 /// Sorts `items` by their hash (the first field): a counting sort on the top bits of the hash,
-/// which are uniform for a good `StableHash`, then each bucket sorted on its own (a bucket holds
-/// about one item). O(n) in the usual case instead of O(n log n); degrades to `sort_unstable`
-/// per bucket when hashes collide.
-fn sort_by_hash<T: Copy>(items: &mut [(u64, T)]) {
+/// which are uniform for a good `StableHash`, into buckets of a few dozen items, then each
+/// bucket sorted on its own (in cache). O(n) in the usual case instead of O(n log n); degrades
+/// to `sort_unstable` per bucket when hashes collide.
+fn sort_by_hash<T: Copy>(items: &mut Vec<(u64, T)>, scratch: &mut SortScratch<T>) {
     let n = items.len();
     if n < 256 {
         items.sort_unstable_by_key(|e| e.0);
         return;
     }
-    let bits = (usize::BITS - (n - 1).leading_zeros()).min(20);
+    // About 32 items per bucket, at most 4096 buckets (the counts stay in L1/L2).
+    let bits = (usize::BITS - (n - 1).leading_zeros())
+        .saturating_sub(5)
+        .clamp(1, 12);
     let shift = 64 - bits;
-    let mut starts = vec![0usize; (1 << bits) + 1];
+    let starts = &mut scratch.starts;
+    starts.clear();
+    starts.resize((1 << bits) + 1, 0);
     for e in items.iter() {
         starts[(e.0 >> shift) as usize + 1] += 1;
     }
     for i in 1..starts.len() {
         starts[i] += starts[i - 1];
     }
-    let mut next = starts.clone();
-    let mut sorted = items.to_vec();
+    let sorted = &mut scratch.sorted;
+    sorted.clear();
+    sorted.resize(n, items[0]);
+    // `starts[b]` is used as the next free slot of bucket b, and ends as the start of b + 1.
     for e in items.iter() {
         let bucket = (e.0 >> shift) as usize;
-        sorted[next[bucket]] = *e;
-        next[bucket] += 1;
+        sorted[starts[bucket]] = *e;
+        starts[bucket] += 1;
     }
-    for w in starts.windows(2) {
-        let bucket = &mut sorted[w[0]..w[1]];
+    let mut begin = 0;
+    for &end in &starts[..starts.len() - 1] {
+        let bucket = &mut sorted[begin..end];
         if bucket.len() > 1 {
             bucket.sort_unstable_by_key(|e| e.0);
         }
+        begin = end;
     }
-    items.copy_from_slice(&sorted);
+    std::mem::swap(items, sorted);
 }
 
 /// The archived form of one key group: hashes (sorted), and the entries in the same order.
@@ -525,18 +552,23 @@ impl<K: StateKey, V: StateValue> StateTable<K, V> {
     /// Sets the value of `key`; returns whether it had one.
     pub fn insert(&mut self, kg: u16, key: K, value: V) -> bool {
         let group = self.group_mut(kg);
-        let hash = group.base.as_ref().map(|_| key.stable_hash());
-        if group.live.insert(key.clone(), value).is_some() {
+        let Some(base) = &mut group.base else {
+            return group.live.insert(key, value).is_some();
+        };
+        // A key in the live map has its base entry shadowed already, so a visible base entry
+        // means the key is not live: this insert overrides it.
+        let visible = base.find_visible(key.stable_hash(), &key);
+        if group.live.insert(key, value).is_some() {
             return true;
         }
-        if let (Some(base), Some(hash)) = (&mut group.base, hash) {
-            if let Some(i) = base.find_visible(hash, &key) {
+        match visible {
+            Some(i) => {
                 base.shadow(i);
                 group.drop_base_if_fully_shadowed();
-                return true;
+                true
             }
+            None => false,
         }
-        false
     }
 
     /// Removes `key`'s value and returns it (deserialized if it was in the base).
@@ -599,32 +631,54 @@ impl<K: StateKey, V: StateValue> StateTable<K, V> {
         kg: u16,
         out: &mut SnapshotWriter,
     ) -> Result<(), RuntimeError> {
+        self.snapshot_group_with(kg, out, &mut Vec::new(), &mut SortScratch::new())
+    }
+
+    fn snapshot_group_with<'a>(
+        &'a self,
+        kg: u16,
+        out: &mut SnapshotWriter,
+        entries: &mut Vec<(u64, (&'a K, &'a V))>,
+        scratch: &mut SortScratch<(&'a K, &'a V)>,
+    ) -> Result<(), RuntimeError> {
         let group = self.group(kg);
-        if let Some(base) = &group.base {
-            if group.live.is_empty() && base.shadowed_count == 0 {
-                // Untouched since the restore: the archive is position-independent, copy it.
-                return out.add_bytes(self.name, Some(kg), base.entries.section().bytes());
-            }
+        let Some(base) = &group.base else {
+            entries.clear();
+            entries.extend(group.live.iter().map(|(k, v)| (k.stable_hash(), (k, v))));
+            return self.write_sorted(kg, out, entries, scratch);
+        };
+        if group.live.is_empty() && base.shadowed_count == 0 {
+            // Untouched since the restore: the archive is position-independent, copy it.
+            return out.add_bytes(self.name, Some(kg), base.entries.section().bytes());
         }
         // Visible base entries, deserialized for the duration of this snapshot.
-        let mut from_base: Vec<(K, V)> = Vec::new();
-        if let Some(base) = &group.base {
-            let archived = base.entries.get();
-            from_base.reserve(base.len() - base.shadowed_count);
-            for (i, entry) in archived.1.iter().enumerate() {
-                if !base.is_shadowed(i) {
-                    from_base.push((deserialize::<K>(&entry.0), deserialize::<V>(&entry.1)));
-                }
+        let archived = base.entries.get();
+        let mut from_base: Vec<(K, V)> = Vec::with_capacity(base.len() - base.shadowed_count);
+        for (i, entry) in archived.1.iter().enumerate() {
+            if !base.is_shadowed(i) {
+                from_base.push((deserialize::<K>(&entry.0), deserialize::<V>(&entry.1)));
             }
         }
-        let mut entries: Vec<(u64, (&K, &V))> =
+        let mut merged: Vec<(u64, (&K, &V))> =
             Vec::with_capacity(group.live.len() + from_base.len());
-        entries.extend(group.live.iter().map(|(k, v)| (k.stable_hash(), (k, v))));
-        entries.extend(from_base.iter().map(|(k, v)| (k.stable_hash(), (k, v))));
-        sort_by_hash(&mut entries);
-        let hashes: Vec<u64> = entries.iter().map(|e| e.0).collect();
+        merged.extend(group.live.iter().map(|(k, v)| (k.stable_hash(), (k, v))));
+        merged.extend(from_base.iter().map(|(k, v)| (k.stable_hash(), (k, v))));
+        self.write_sorted(kg, out, &mut merged, &mut SortScratch::new())
+    }
+
+    fn write_sorted<'e>(
+        &self,
+        kg: u16,
+        out: &mut SnapshotWriter,
+        entries: &mut Vec<(u64, (&'e K, &'e V))>,
+        scratch: &mut SortScratch<(&'e K, &'e V)>,
+    ) -> Result<(), RuntimeError> {
+        sort_by_hash(entries, scratch);
+        let hashes = &mut scratch.hashes;
+        hashes.clear();
+        hashes.extend(entries.iter().map(|e| e.0));
         let archive = (
-            SerializeSlice(&hashes),
+            SerializeSlice(hashes),
             SerializeIter::<PairRef<'_, K, V>, _>(
                 entries.iter().map(|&(_, (k, v))| PairRef(k, v)),
                 PhantomData,
@@ -635,8 +689,10 @@ impl<K: StateKey, V: StateValue> StateTable<K, V> {
 
     /// Writes every key group of the range into `out`.
     pub fn snapshot(&self, out: &mut SnapshotWriter) -> Result<(), RuntimeError> {
+        let mut entries = Vec::new();
+        let mut scratch = SortScratch::new();
         for kg in self.range.iter() {
-            self.snapshot_key_group(kg, out)?;
+            self.snapshot_group_with(kg, out, &mut entries, &mut scratch)?;
         }
         Ok(())
     }
@@ -1088,6 +1144,33 @@ mod tests {
         );
     }
 
+    /// Writes the fuzz target's seeds (`fuzz/seeds/snapshot_file/`): run with `--ignored`.
+    #[test]
+    #[ignore = "writes files into fuzz/seeds; run by hand when the format changes"]
+    fn write_fuzz_seeds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/snapshot_file");
+        std::fs::create_dir_all(&dir).unwrap();
+        let range = KeyGroupRange::new(0, 128);
+        let mut numbers: StateTable<u64, (u64, i64)> = StateTable::new("n", range, 128);
+        let mut strings: StateTable<String, Vec<u8>> = StateTable::new("s", range, 128);
+        let mut timers: crate::runtime::state::TimerQueue<u64, i64> =
+            crate::runtime::state::TimerQueue::new("t", range);
+        for i in 0..6u64 {
+            let g = key_group_of(i.stable_hash(), 128);
+            numbers.insert(g, i, (i, -(i as i64)));
+            timers.register(g, i as i64 * 10, i, 60);
+            let s = format!("k{i}");
+            strings.insert(key_group_of(s.stable_hash(), 128), s, vec![i as u8; 3]);
+        }
+        let mut w = SnapshotWriter::new(1);
+        numbers.snapshot(&mut w).unwrap();
+        std::fs::write(dir.join("numbers.snap"), w.finish().unwrap()).unwrap();
+        let mut w = SnapshotWriter::new(2);
+        strings.snapshot(&mut w).unwrap();
+        timers.snapshot(&mut w).unwrap();
+        std::fs::write(dir.join("strings-timers.snap"), w.finish().unwrap()).unwrap();
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u16, i64),
@@ -1115,7 +1198,7 @@ mod tests {
                 hashes.iter_mut().for_each(|h| *h %= 50);
             }
             let mut items: Vec<(u64, usize)> = hashes.iter().copied().zip(0..).collect();
-            sort_by_hash(&mut items);
+            sort_by_hash(&mut items, &mut SortScratch::new());
             let mut expected = hashes.clone();
             expected.sort_unstable();
             prop_assert_eq!(items.iter().map(|e| e.0).collect::<Vec<_>>(), expected);
