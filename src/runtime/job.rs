@@ -21,7 +21,7 @@ use super::source::{SourceRecord, WatermarkConfig};
 use super::metrics::Registry;
 use super::operator::{KeyedOperatorFactory, KeyedProcessFunction, ProcessOperator};
 use super::state::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
-use super::window::{AggregateFunction, WindowOperator, WindowResult, Windows};
+use super::window::{window_operator, AggregateFunction, LateEncode, SessionState, WindowResult, Windows};
 use super::RuntimeError;
 use crate::client::types::RecordHeader;
 
@@ -205,7 +205,7 @@ pub struct KeyedStream<K, T> {
 impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> KeyedStream<K, T> {
     /// Event-time windows.
     pub fn window(self, windows: Windows) -> WindowedStream<K, T> {
-        WindowedStream { keyed: self, windows, allowed_lateness_ms: 0 }
+        WindowedStream { keyed: self, windows, allowed_lateness_ms: 0, late: None }
     }
 
     /// A keyed process function (state and timers per key). `make` creates one per subtask.
@@ -226,6 +226,7 @@ pub struct WindowedStream<K, T> {
     keyed: KeyedStream<K, T>,
     windows: Windows,
     allowed_lateness_ms: i64,
+    late: Option<LateEncode<T>>,
 }
 
 impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T> {
@@ -236,20 +237,28 @@ impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T>
         self
     }
 
+    /// Writes records later than the allowed lateness to the sink's late-data output
+    /// ([`Target::Late`]), encoded by `encode` as (key, value). Without it they are only counted
+    /// (`late_records_total`) and logged at debug level, rate-limited.
+    pub fn late_output(mut self, encode: impl Fn(&T) -> (Option<Bytes>, Bytes) + Send + Sync + 'static) -> Self {
+        self.late = Some(Arc::new(encode));
+        self
+    }
+
     /// Aggregates each window incrementally; the result is emitted when the watermark passes the
     /// window's end.
     pub fn aggregate<A>(self, agg: A) -> KeyedOutput<K, T, WindowResult<K, A::Out>>
     where
         A: AggregateFunction<T>,
         (K, i64): StateKey,
+        SessionState<A::Acc>: StateValue + Send,
     {
         let agg = Arc::new(agg);
         let windows = self.windows;
         let lateness = self.allowed_lateness_ms;
+        let late = self.late;
         let factory: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, WindowResult<K, A::Out>>> + Send + Sync> =
-            Arc::new(move |f: KeyedOperatorFactory| {
-                Box::new(WindowOperator::new(agg.clone(), windows, lateness, f)) as Box<dyn OpInstance<K, T, WindowResult<K, A::Out>>>
-            });
+            Arc::new(move |f: KeyedOperatorFactory| window_operator(agg.clone(), windows, lateness, late.clone(), f));
         KeyedOutput { keyed: self.keyed, operator: factory, chain: Arc::new(|o, emit, _| emit(o)) }
     }
 }

@@ -81,6 +81,10 @@ impl<K: StateKey + Ord + Send + 'static, S: StateValue, O> ProcessContext<'_, K,
     pub fn state_or_insert_with(&mut self, init: impl FnOnce() -> S) -> &mut S {
         self.state.get_or_insert_with(self.kg, self.key.clone(), init)
     }
+    /// The key's state, if it has one.
+    pub fn state(&mut self) -> Option<&mut S> {
+        self.state.get_mut(self.kg, self.key)
+    }
     /// Removes the key's state, returning it.
     pub fn take_state(&mut self) -> Option<S> {
         self.state.remove(self.kg, self.key)
@@ -88,6 +92,10 @@ impl<K: StateKey + Ord + Send + 'static, S: StateValue, O> ProcessContext<'_, K,
     /// Calls `on_timer` for this key when the watermark reaches `timestamp`.
     pub fn register_timer(&mut self, timestamp: i64) {
         self.timers.register(self.kg, timestamp, self.key.clone(), ());
+    }
+    /// Deletes this key's timer at `timestamp`; returns whether there was one.
+    pub fn delete_timer(&mut self, timestamp: i64) -> bool {
+        self.timers.delete(self.kg, timestamp, self.key.clone(), ())
     }
     /// Emits a result.
     pub fn emit(&mut self, out: O) {
@@ -173,3 +181,6 @@ where
         type_fingerprint::<(K, P::State)>()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;
