@@ -19,9 +19,9 @@ use bytes::Bytes;
 use super::connector::{OutputRecord, SinkFactory, SourceFactory, Target};
 use super::source::{SourceRecord, WatermarkConfig};
 use super::metrics::Registry;
-use super::operator::{KeyedOperatorFactory, KeyedProcessFunction, ProcessOperator};
+use super::operator::{KeyedOperatorFactory, KeyedProcessFunction, OperatorFactory, ProcessOperator};
 use super::state::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
-use super::window::{window_operator, AggregateFunction, LateEncode, SessionState, WindowResult, Windows};
+use super::window::{window_operator, AggregateFunction, LateEncode, WindowResult, Windows};
 use super::RuntimeError;
 use crate::client::types::RecordHeader;
 
@@ -215,7 +215,7 @@ impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> KeyedStream<K, T> {
         P::State: StateValue + Send + 'static,
     {
         let make = Arc::new(make);
-        let factory: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, P::Out>> + Send + Sync> =
+        let factory: OperatorFactory<K, T, P::Out> =
             Arc::new(move |f: KeyedOperatorFactory| Box::new(ProcessOperator::new(make(), f)) as Box<dyn OpInstance<K, T, P::Out>>);
         KeyedOutput { keyed: self, operator: factory, chain: Arc::new(|o, emit, _| emit(o)) }
     }
@@ -251,13 +251,12 @@ impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T>
     where
         A: AggregateFunction<T>,
         (K, i64): StateKey,
-        SessionState<A::Acc>: StateValue + Send,
     {
         let agg = Arc::new(agg);
         let windows = self.windows;
         let lateness = self.allowed_lateness_ms;
         let late = self.late;
-        let factory: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, WindowResult<K, A::Out>>> + Send + Sync> =
+        let factory: OperatorFactory<K, T, WindowResult<K, A::Out>> =
             Arc::new(move |f: KeyedOperatorFactory| window_operator(agg.clone(), windows, lateness, late.clone(), f));
         KeyedOutput { keyed: self.keyed, operator: factory, chain: Arc::new(|o, emit, _| emit(o)) }
     }
@@ -268,7 +267,7 @@ pub(crate) use super::operator::OpInstance;
 /// The stream after the keyed operator: runs in the keyed subtasks, chained to the sink.
 pub struct KeyedOutput<K, T, O> {
     pub(crate) keyed: KeyedStream<K, T>,
-    pub(crate) operator: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>> + Send + Sync>,
+    pub(crate) operator: OperatorFactory<K, T, O>,
     pub(crate) chain: Chain<O, O>,
 }
 

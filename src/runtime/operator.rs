@@ -4,7 +4,10 @@
 
 use super::connector::OutputRecord;
 use super::metrics::Registry;
-use super::state::{type_fingerprint, KeyGroupRange, SnapshotFile, SnapshotWriter, StateKey, StateTable, StateValue, TimerQueue};
+use super::state::{
+    type_fingerprint, KeyGroupRange, SnapshotFile, SnapshotWriter, StateKey, StateTable,
+    StateValue, TimerQueue,
+};
 use super::RuntimeError;
 
 /// What a keyed subtask tells the operator it creates.
@@ -20,10 +23,22 @@ pub struct KeyedOperatorFactory {
     pub metrics: Registry,
 }
 
+/// Creates a keyed operator instance for each keyed subtask.
+pub(crate) type OperatorFactory<K, T, O> =
+    std::sync::Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>> + Send + Sync>;
+
 /// A keyed operator instance, owned by one keyed subtask.
 pub trait OpInstance<K, T, O>: Send {
     /// One record of key `key` (in key group `kg`) with event time `ts`.
-    fn process(&mut self, kg: u16, key: K, value: T, ts: i64, out: &mut Vec<O>, side: &mut Vec<OutputRecord>);
+    fn process(
+        &mut self,
+        kg: u16,
+        key: K,
+        value: T,
+        ts: i64,
+        out: &mut Vec<O>,
+        side: &mut Vec<OutputRecord>,
+    );
     /// The watermark advanced to `watermark`: fire due timers.
     fn advance_watermark(&mut self, watermark: i64, out: &mut Vec<O>);
     /// Writes the state of its key groups (sections per state and key group).
@@ -46,13 +61,21 @@ pub trait KeyedProcessFunction<K, T>: Send + 'static {
     /// What it emits.
     type Out: Send + 'static;
     /// One record.
-    fn process(&mut self, key: &K, value: T, ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>)
-    where
+    fn process(
+        &mut self,
+        key: &K,
+        value: T,
+        ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>,
+    ) where
         K: StateKey,
         Self::State: StateValue;
     /// A timer registered for `key` fired (the watermark passed `timestamp`).
-    fn on_timer(&mut self, key: &K, timestamp: i64, ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>)
-    where
+    fn on_timer(
+        &mut self,
+        key: &K,
+        timestamp: i64,
+        ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>,
+    ) where
         K: StateKey,
         Self::State: StateValue;
 }
@@ -79,7 +102,8 @@ impl<K: StateKey + Ord + Send + 'static, S: StateValue, O> ProcessContext<'_, K,
     }
     /// The key's state, created by `init` if absent.
     pub fn state_or_insert_with(&mut self, init: impl FnOnce() -> S) -> &mut S {
-        self.state.get_or_insert_with(self.kg, self.key.clone(), init)
+        self.state
+            .get_or_insert_with(self.kg, self.key.clone(), init)
     }
     /// The key's state, if it has one.
     pub fn state(&mut self) -> Option<&mut S> {
@@ -91,7 +115,8 @@ impl<K: StateKey + Ord + Send + 'static, S: StateValue, O> ProcessContext<'_, K,
     }
     /// Calls `on_timer` for this key when the watermark reaches `timestamp`.
     pub fn register_timer(&mut self, timestamp: i64) {
-        self.timers.register(self.kg, timestamp, self.key.clone(), ());
+        self.timers
+            .register(self.kg, timestamp, self.key.clone(), ());
     }
     /// Deletes this key's timer at `timestamp`; returns whether there was one.
     pub fn delete_timer(&mut self, timestamp: i64) -> bool {
@@ -129,11 +154,20 @@ where
     }
 }
 
-impl<K: StateKey + Ord + Send + 'static, T: Send, P: KeyedProcessFunction<K, T>> OpInstance<K, T, P::Out> for ProcessOperator<K, P, T>
+impl<K: StateKey + Ord + Send + 'static, T: Send, P: KeyedProcessFunction<K, T>>
+    OpInstance<K, T, P::Out> for ProcessOperator<K, P, T>
 where
     P::State: StateValue + Send + 'static,
 {
-    fn process(&mut self, kg: u16, key: K, value: T, ts: i64, out: &mut Vec<P::Out>, _side: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        kg: u16,
+        key: K,
+        value: T,
+        ts: i64,
+        out: &mut Vec<P::Out>,
+        _side: &mut Vec<OutputRecord>,
+    ) {
         let mut ctx = ProcessContext {
             kg,
             key: &key,

@@ -40,7 +40,9 @@ use bytes::Bytes;
 use super::connector::{OutputRecord, Target};
 use super::metrics::Counter;
 use super::operator::{KeyedOperatorFactory, OpInstance};
-use super::state::{type_fingerprint, SnapshotFile, SnapshotWriter, StateKey, StateTable, StateValue, TimerQueue};
+use super::state::{
+    type_fingerprint, SnapshotFile, SnapshotWriter, StateKey, StateTable, StateValue, TimerQueue,
+};
 use super::RuntimeError;
 
 /// How records are assigned to windows.
@@ -215,7 +217,14 @@ struct LateRecords<T> {
 
 impl<T> LateRecords<T> {
     fn new(ctx: &KeyedOperatorFactory, encode: Option<LateEncode<T>>) -> Self {
-        Self { counter: ctx.metrics.counter("late_records_total", "Records later than the allowed lateness"), encode, seen: 0 }
+        Self {
+            counter: ctx.metrics.counter(
+                "late_records_total",
+                "Records later than the allowed lateness",
+            ),
+            encode,
+            seen: 0,
+        }
     }
 
     #[cold]
@@ -256,10 +265,11 @@ where
     T: Send + 'static,
     A: AggregateFunction<T>,
     (K, i64): StateKey,
-    SessionState<A::Acc>: StateValue + Send,
 {
     match windows {
-        Windows::Session { gap_ms } => Box::new(SessionOperator::new(agg, gap_ms, lateness_ms, late, ctx)),
+        Windows::Session { gap_ms } => {
+            Box::new(SessionOperator::new(agg, gap_ms, lateness_ms, late, ctx))
+        }
         _ => Box::new(WindowOperator::new(agg, windows, lateness_ms, late, ctx)),
     }
 }
@@ -297,7 +307,10 @@ where
         ctx: KeyedOperatorFactory,
     ) -> Self {
         windows.check();
-        assert!(!matches!(windows, Windows::Session { .. }), "session windows have their own operator");
+        assert!(
+            !matches!(windows, Windows::Session { .. }),
+            "session windows have their own operator"
+        );
         Self {
             agg,
             windows,
@@ -311,8 +324,8 @@ where
     }
 }
 
-impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>> OpInstance<K, T, WindowResult<K, A::Out>>
-    for WindowOperator<K, T, A>
+impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>>
+    OpInstance<K, T, WindowResult<K, A::Out>> for WindowOperator<K, T, A>
 where
     (K, i64): StateKey,
 {
@@ -344,7 +357,14 @@ where
             agg.add(acc, &value);
             if max_ts <= wm {
                 // Late but within the allowed lateness: the window fires again at once.
-                out.push(WindowResult { key: key.clone(), window: Window { start, end: start + size }, result: agg.result(acc) });
+                out.push(WindowResult {
+                    key: key.clone(),
+                    window: Window {
+                        start,
+                        end: start + size,
+                    },
+                    result: agg.result(acc),
+                });
             } else if fresh || lateness > 0 {
                 // With no lateness a window has state exactly until its timer fires, so the
                 // timer of a window with state is registered: one registration per window, not
@@ -376,7 +396,14 @@ where
                     self.state.get(kg, &k).map(|a| a.to_owned())
                 };
                 if let Some(acc) = acc {
-                    out.push(WindowResult { key: k.0, window: Window { start, end: start + size }, result: self.agg.result(&acc) });
+                    out.push(WindowResult {
+                        key: k.0,
+                        window: Window {
+                            start,
+                            end: start + size,
+                        },
+                        result: self.agg.result(&acc),
+                    });
                 }
             } else {
                 self.state.remove(kg, &k);
@@ -405,10 +432,7 @@ where
 }
 
 /// The operator of session windows (see the module docs).
-pub(crate) struct SessionOperator<K: StateKey, T, A: AggregateFunction<T>>
-where
-    SessionState<A::Acc>: StateValue,
-{
+pub(crate) struct SessionOperator<K: StateKey, T, A: AggregateFunction<T>> {
     agg: Arc<A>,
     gap_ms: i64,
     lateness_ms: i64,
@@ -421,14 +445,17 @@ where
     _t: std::marker::PhantomData<fn(&T)>,
 }
 
-impl<K: StateKey + Ord + Send + 'static, T, A: AggregateFunction<T>> SessionOperator<K, T, A>
-where
-    SessionState<A::Acc>: StateValue,
-{
+impl<K: StateKey + Ord + Send + 'static, T, A: AggregateFunction<T>> SessionOperator<K, T, A> {
     /// # Panics
     ///
     /// If `gap_ms` is not positive.
-    pub(crate) fn new(agg: Arc<A>, gap_ms: i64, lateness_ms: i64, late: Option<LateEncode<T>>, ctx: KeyedOperatorFactory) -> Self {
+    pub(crate) fn new(
+        agg: Arc<A>,
+        gap_ms: i64,
+        lateness_ms: i64,
+        late: Option<LateEncode<T>>,
+        ctx: KeyedOperatorFactory,
+    ) -> Self {
         Windows::Session { gap_ms }.check();
         Self {
             agg,
@@ -451,10 +478,8 @@ fn intersecting<A>(sessions: &[(i64, i64, A)], start: i64, end: i64) -> std::ops
     lo..hi.max(lo)
 }
 
-impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>> OpInstance<K, T, WindowResult<K, A::Out>>
-    for SessionOperator<K, T, A>
-where
-    SessionState<A::Acc>: StateValue + Send,
+impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>>
+    OpInstance<K, T, WindowResult<K, A::Out>> for SessionOperator<K, T, A>
 {
     fn process(
         &mut self,
@@ -483,7 +508,10 @@ where
             agg.add(&mut acc, &value);
             sessions.insert(range.start, (ts, end, acc));
             (range.start, true)
-        } else if range.len() == 1 && sessions[range.start].0 <= ts && end <= sessions[range.start].1 {
+        } else if range.len() == 1
+            && sessions[range.start].0 <= ts
+            && end <= sessions[range.start].1
+        {
             agg.add(&mut sessions[range.start].2, &value);
             (range.start, false)
         } else {
@@ -514,25 +542,38 @@ where
         let max_ts = end - 1;
         if max_ts <= wm {
             // Late but within the allowed lateness: the session fires again at once.
-            out.push(WindowResult { key: key.clone(), window: Window { start, end }, result: agg.result(&sessions[i].2) });
+            out.push(WindowResult {
+                key: key.clone(),
+                window: Window { start, end },
+                result: agg.result(&sessions[i].2),
+            });
         } else if changed || lateness > 0 {
             // See `WindowOperator::process` for why an unchanged window registers no timer
             // when there is no lateness.
             self.timers.register(kg, max_ts, key.clone(), start);
         }
         if changed && lateness > 0 {
-            self.timers.register(kg, max_ts.saturating_add(lateness), key, start);
+            self.timers
+                .register(kg, max_ts.saturating_add(lateness), key, start);
         }
     }
 
     fn advance_watermark(&mut self, watermark: i64, out: &mut Vec<WindowResult<K, A::Out>>) {
         self.watermark = watermark;
         while let Some((kg, ts, key, start)) = self.timers.pop_due(watermark) {
-            let Some(sessions) = self.state.get_mut(kg, &key) else { continue };
-            let Ok(i) = sessions.binary_search_by_key(&start, |s| s.0) else { continue };
+            let Some(sessions) = self.state.get_mut(kg, &key) else {
+                continue;
+            };
+            let Ok(i) = sessions.binary_search_by_key(&start, |s| s.0) else {
+                continue;
+            };
             let end = sessions[i].1;
             if ts == end - 1 {
-                out.push(WindowResult { key: key.clone(), window: Window { start, end }, result: self.agg.result(&sessions[i].2) });
+                out.push(WindowResult {
+                    key: key.clone(),
+                    window: Window { start, end },
+                    result: self.agg.result(&sessions[i].2),
+                });
                 if self.lateness_ms == 0 {
                     sessions.remove(i);
                 }

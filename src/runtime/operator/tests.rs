@@ -8,6 +8,9 @@ use std::sync::Arc;
 use super::*;
 use crate::runtime::state::{key_group_of, KeyGroupRange, StableHash};
 
+/// Operators with their key groups, as the keyed subtasks hold them.
+type Subtasks<K, T, O> = Vec<(KeyGroupRange, Box<dyn OpInstance<K, T, O>>)>;
+
 type Make<K, T, O> = Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>>>;
 
 /// Operators of `parallelism` subtasks over `key_groups` key groups, fed like keyed subtasks.
@@ -15,7 +18,7 @@ pub(crate) struct Harness<K, T, O> {
     make: Make<K, T, O>,
     key_groups: u16,
     pub(crate) metrics: Registry,
-    ops: Vec<(KeyGroupRange, Box<dyn OpInstance<K, T, O>>)>,
+    ops: Subtasks<K, T, O>,
     /// Results, in the order the operators emitted them.
     pub(crate) out: Vec<O>,
     /// Side outputs.
@@ -28,16 +31,29 @@ impl<K: StateKey, T, O> Harness<K, T, O> {
         parallelism: usize,
         key_groups: u16,
     ) -> Self {
-        let mut h = Harness { make: Arc::new(make), key_groups, metrics: Registry::default(), ops: Vec::new(), out: Vec::new(), side: Vec::new() };
+        let mut h = Harness {
+            make: Arc::new(make),
+            key_groups,
+            metrics: Registry::default(),
+            ops: Vec::new(),
+            out: Vec::new(),
+            side: Vec::new(),
+        };
         h.ops = h.create(parallelism);
         h
     }
 
-    fn create(&self, parallelism: usize) -> Vec<(KeyGroupRange, Box<dyn OpInstance<K, T, O>>)> {
+    fn create(&self, parallelism: usize) -> Subtasks<K, T, O> {
         (0..parallelism)
             .map(|j| {
-                let range = KeyGroupRange::for_subtask(j as u32, parallelism as u32, self.key_groups);
-                let op = (self.make)(KeyedOperatorFactory { range, key_groups: self.key_groups, subtask: j, metrics: self.metrics.clone() });
+                let range =
+                    KeyGroupRange::for_subtask(j as u32, parallelism as u32, self.key_groups);
+                let op = (self.make)(KeyedOperatorFactory {
+                    range,
+                    key_groups: self.key_groups,
+                    subtask: j,
+                    metrics: self.metrics.clone(),
+                });
                 (range, op)
             })
             .collect()
@@ -45,7 +61,11 @@ impl<K: StateKey, T, O> Harness<K, T, O> {
 
     pub(crate) fn process(&mut self, key: K, value: T, ts: i64) {
         let kg = key_group_of(key.stable_hash(), self.key_groups);
-        let (_, op) = self.ops.iter_mut().find(|(r, _)| r.contains(kg)).expect("a subtask for every key group");
+        let (_, op) = self
+            .ops
+            .iter_mut()
+            .find(|(r, _)| r.contains(kg))
+            .expect("a subtask for every key group");
         op.process(kg, key, value, ts, &mut self.out, &mut self.side);
     }
 
@@ -89,7 +109,12 @@ struct CountThenFire;
 impl KeyedProcessFunction<u64, i64> for CountThenFire {
     type State = u64;
     type Out = (u64, u64, i64);
-    fn process(&mut self, _key: &u64, _value: i64, ctx: &mut ProcessContext<'_, u64, u64, (u64, u64, i64)>) {
+    fn process(
+        &mut self,
+        _key: &u64,
+        _value: i64,
+        ctx: &mut ProcessContext<'_, u64, u64, (u64, u64, i64)>,
+    ) {
         let first = ctx.state().is_none();
         *ctx.state_or_insert_with(|| 0) += 1;
         if first {
@@ -97,7 +122,12 @@ impl KeyedProcessFunction<u64, i64> for CountThenFire {
             ctx.register_timer(at);
         }
     }
-    fn on_timer(&mut self, key: &u64, timestamp: i64, ctx: &mut ProcessContext<'_, u64, u64, (u64, u64, i64)>) {
+    fn on_timer(
+        &mut self,
+        key: &u64,
+        timestamp: i64,
+        ctx: &mut ProcessContext<'_, u64, u64, (u64, u64, i64)>,
+    ) {
         assert_eq!(ctx.timestamp(), timestamp);
         let count = ctx.take_state().expect("state of a key with a timer");
         ctx.emit((*key, count, timestamp));
@@ -105,7 +135,11 @@ impl KeyedProcessFunction<u64, i64> for CountThenFire {
 }
 
 fn process_harness(parallelism: usize) -> Harness<u64, i64, (u64, u64, i64)> {
-    Harness::new(|f| Box::new(ProcessOperator::new(CountThenFire, f)) as Box<dyn OpInstance<u64, i64, _>>, parallelism, 16)
+    Harness::new(
+        |f| Box::new(ProcessOperator::new(CountThenFire, f)) as Box<dyn OpInstance<u64, i64, _>>,
+        parallelism,
+        16,
+    )
 }
 
 #[test]
@@ -135,7 +169,12 @@ fn timers_registered_and_deleted_from_the_context() {
     impl KeyedProcessFunction<u64, i64> for Debounce {
         type State = i64;
         type Out = (u64, i64);
-        fn process(&mut self, _key: &u64, _value: i64, ctx: &mut ProcessContext<'_, u64, i64, (u64, i64)>) {
+        fn process(
+            &mut self,
+            _key: &u64,
+            _value: i64,
+            ctx: &mut ProcessContext<'_, u64, i64, (u64, i64)>,
+        ) {
             if let Some(previous) = ctx.take_state() {
                 assert!(ctx.delete_timer(previous));
             }
@@ -143,12 +182,21 @@ fn timers_registered_and_deleted_from_the_context() {
             ctx.register_timer(at);
             *ctx.state_or_insert_with(|| at) = at;
         }
-        fn on_timer(&mut self, key: &u64, timestamp: i64, ctx: &mut ProcessContext<'_, u64, i64, (u64, i64)>) {
+        fn on_timer(
+            &mut self,
+            key: &u64,
+            timestamp: i64,
+            ctx: &mut ProcessContext<'_, u64, i64, (u64, i64)>,
+        ) {
             ctx.take_state();
             ctx.emit((*key, timestamp));
         }
     }
-    let mut h = Harness::new(|f| Box::new(ProcessOperator::new(Debounce, f)) as Box<dyn OpInstance<u64, i64, _>>, 1, 16);
+    let mut h = Harness::new(
+        |f| Box::new(ProcessOperator::new(Debounce, f)) as Box<dyn OpInstance<u64, i64, _>>,
+        1,
+        16,
+    );
     for ts in [10, 12, 14] {
         h.process(7, 0, ts);
     }
@@ -159,7 +207,9 @@ fn timers_registered_and_deleted_from_the_context() {
 
 /// Keys spread over both halves of 16 key groups, and timers at different times.
 fn process_input() -> Vec<(u64, i64)> {
-    (0..400u64).map(|i| (i % 37, (i as i64) * 3 + (i % 5) as i64)).collect()
+    (0..400u64)
+        .map(|i| (i % 37, (i as i64) * 3 + (i % 5) as i64))
+        .collect()
 }
 
 fn run_process(input: &[(u64, i64)], restart_at: Option<(usize, usize)>) -> Vec<(u64, u64, i64)> {
@@ -185,8 +235,16 @@ fn process_function_checkpoint_round_trip_with_rescale_from_1_to_2() {
     let input = process_input();
     let want = run_process(&input, None);
     assert!(want.len() > 37, "several timers per key: {}", want.len());
-    assert_eq!(run_process(&input, Some((150, 1))), want, "restored at the same parallelism");
-    assert_eq!(run_process(&input, Some((150, 2))), want, "restored at parallelism 2");
+    assert_eq!(
+        run_process(&input, Some((150, 1))),
+        want,
+        "restored at the same parallelism"
+    );
+    assert_eq!(
+        run_process(&input, Some((150, 2))),
+        want,
+        "restored at parallelism 2"
+    );
 }
 
 #[test]

@@ -20,10 +20,14 @@ fn starts(windows: Windows, ts: i64) -> Vec<i64> {
 }
 
 /// A counting window operator; late records encoded as their value if `late_output`.
-fn make(windows: Windows, lateness_ms: i64, late_output: bool) -> impl Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<u64, i64, Out>> {
+fn make(
+    windows: Windows,
+    lateness_ms: i64,
+    late_output: bool,
+) -> impl Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<u64, i64, Out>> {
     move |f| {
-        let encode: Option<LateEncode<i64>> =
-            late_output.then(|| Arc::new(|v: &i64| (None, Bytes::from(v.to_string()))) as LateEncode<i64>);
+        let encode: Option<LateEncode<i64>> = late_output
+            .then(|| Arc::new(|v: &i64| (None, Bytes::from(v.to_string()))) as LateEncode<i64>);
         window_operator(Arc::new(Count), windows, lateness_ms, encode, f)
     }
 }
@@ -33,12 +37,19 @@ fn harness(windows: Windows, lateness_ms: i64) -> Harness<u64, i64, Out> {
 }
 
 fn factory() -> KeyedOperatorFactory {
-    KeyedOperatorFactory { range: KeyGroupRange::new(0, 16), key_groups: 16, subtask: 0, metrics: Registry::default() }
+    KeyedOperatorFactory {
+        range: KeyGroupRange::new(0, 16),
+        key_groups: 16,
+        subtask: 0,
+        metrics: Registry::default(),
+    }
 }
 
 /// (key, start, end, count), as the results came.
 fn results(out: &[Out]) -> Vec<(u64, i64, i64, u64)> {
-    out.iter().map(|r| (r.key, r.window.start, r.window.end, r.result)).collect()
+    out.iter()
+        .map(|r| (r.key, r.window.start, r.window.end, r.result))
+        .collect()
 }
 
 fn late_count(h: &Harness<u64, i64, Out>) -> u64 {
@@ -72,7 +83,10 @@ fn assignment_is_epoch_aligned_also_for_negative_timestamps() {
         h.process(1, ts, ts);
     }
     h.watermark(i64::MAX);
-    assert_eq!(results(&h.out), vec![(1, -20, -10, 1), (1, -10, 0, 2), (1, 0, 10, 1)]);
+    assert_eq!(
+        results(&h.out),
+        vec![(1, -20, -10, 1), (1, -10, 0, 2), (1, 0, 10, 1)]
+    );
 }
 
 #[test]
@@ -97,7 +111,10 @@ fn windows_fire_in_end_order_when_the_watermark_reaches_their_last_millisecond()
     assert_eq!(first, vec![(1, 0, 10, 1), (2, 0, 10, 1)]);
     h.out.clear();
     h.watermark(100);
-    assert_eq!(results(&h.out), vec![(3, 10, 20, 1), (1, 20, 30, 1), (3, 30, 40, 1)]);
+    assert_eq!(
+        results(&h.out),
+        vec![(3, 10, 20, 1), (1, 20, 30, 1), (3, 30, 40, 1)]
+    );
     assert_eq!(h.state_entries(), 0);
 }
 
@@ -115,20 +132,36 @@ fn a_record_later_than_the_lateness_is_counted_not_output() {
 
 #[test]
 fn late_records_go_to_the_late_output_when_there_is_one() {
-    for windows in [Windows::tumbling(10), Windows::sliding(10, 5), Windows::session(10)] {
+    for windows in [
+        Windows::tumbling(10),
+        Windows::sliding(10, 5),
+        Windows::session(10),
+    ] {
         let mut h = Harness::new(make(windows, 0, true), 1, 16);
         h.process(1, 100, 5);
         h.watermark(30);
         h.process(1, 101, 3);
         h.process(2, 102, 4);
         assert_eq!(late_count(&h), 2, "{windows:?}");
-        let late: Vec<(Target, Option<Bytes>)> = h.side.iter().map(|r| (r.target, r.value.clone())).collect();
+        let late: Vec<(Target, Option<Bytes>)> =
+            h.side.iter().map(|r| (r.target, r.value.clone())).collect();
         assert_eq!(
             late,
-            vec![(Target::Late, Some(Bytes::from_static(b"101"))), (Target::Late, Some(Bytes::from_static(b"102")))],
+            vec![
+                (Target::Late, Some(Bytes::from_static(b"101"))),
+                (Target::Late, Some(Bytes::from_static(b"102")))
+            ],
             "{windows:?}"
         );
-        assert_eq!(h.out.len(), if windows == Windows::sliding(10, 5) { 2 } else { 1 }, "{windows:?}");
+        assert_eq!(
+            h.out.len(),
+            if windows == Windows::sliding(10, 5) {
+                2
+            } else {
+                1
+            },
+            "{windows:?}"
+        );
     }
 }
 
@@ -170,7 +203,11 @@ fn sliding_lateness_fires_again_and_cleans_up() {
     h.watermark(9);
     assert_eq!(results(&h.out), vec![(1, 0, 10, 1)]);
     h.process(1, 0, 8);
-    assert_eq!(results(&h.out)[1..], [(1, 0, 10, 2)], "[0, 10) fires again at once");
+    assert_eq!(
+        results(&h.out)[1..],
+        [(1, 0, 10, 2)],
+        "[0, 10) fires again at once"
+    );
     h.watermark(14); // cleans [0, 10), fires [5, 15)
     assert_eq!(results(&h.out)[2..], [(1, 5, 15, 2)]);
     assert_eq!(h.state_entries(), 1);
@@ -202,14 +239,23 @@ fn sessions_merge_and_the_timers_of_merged_windows_are_deleted() {
     assert_eq!(op.timers.len(), 2);
     feed(&mut op, &mut out, 2, 21); // another key
     feed(&mut op, &mut out, 1, 12); // [12, 22) bridges [0, 15) and [20, 40): [0, 40)
-    assert_eq!(op.timers.len(), 2, "one timer per session left: {:?}", op.timers);
+    assert_eq!(
+        op.timers.len(),
+        2,
+        "one timer per session left: {:?}",
+        op.timers
+    );
     assert_eq!(op.state_entries(), 2);
     op.advance_watermark(30, &mut out);
     assert_eq!(results(&out), vec![(2, 21, 31, 1)]);
     op.advance_watermark(38, &mut out);
     assert_eq!(out.len(), 1);
     op.advance_watermark(39, &mut out);
-    assert_eq!(results(&out)[1..], [(1, 0, 40, 5)], "ends at the last record + gap");
+    assert_eq!(
+        results(&out)[1..],
+        [(1, 0, 40, 5)],
+        "ends at the last record + gap"
+    );
     assert_eq!(op.state_entries(), 0);
     assert!(op.timers.is_empty());
 }
@@ -264,7 +310,12 @@ fn session_lateness_fires_again_and_cleans_up() {
 
 /// Records with event times in `[max seen - disorder, max seen]`, several keys, and the
 /// watermark a source with that out-of-orderness would send.
-fn drive(h: &mut Harness<u64, i64, Out>, input: &[(u64, i64)], disorder: i64, restart: Option<(usize, usize)>) {
+fn drive(
+    h: &mut Harness<u64, i64, Out>,
+    input: &[(u64, i64)],
+    disorder: i64,
+    restart: Option<(usize, usize)>,
+) {
     let mut max_ts = i64::MIN;
     for (i, &(key, ts)) in input.iter().enumerate() {
         if restart.is_some_and(|(at, _)| at == i) {
@@ -286,8 +337,14 @@ fn sorted(out: &[Out]) -> Vec<(u64, i64, i64, u64)> {
 #[test]
 fn checkpoint_round_trip_mid_window_with_rescale_gives_the_same_results() {
     // Keys over both halves of the key groups, windows open at every restart point.
-    let input: Vec<(u64, i64)> = (0..300u64).map(|i| (i % 23, (i as i64) * 2 - 100 - (i % 7) as i64)).collect();
-    for windows in [Windows::tumbling(20), Windows::sliding(20, 5), Windows::session(3)] {
+    let input: Vec<(u64, i64)> = (0..300u64)
+        .map(|i| (i % 23, (i as i64) * 2 - 100 - (i % 7) as i64))
+        .collect();
+    for windows in [
+        Windows::tumbling(20),
+        Windows::sliding(20, 5),
+        Windows::session(3),
+    ] {
         let mut plain = harness(windows, 0);
         drive(&mut plain, &input, 7, None);
         let want = sorted(&plain.out);
@@ -295,7 +352,11 @@ fn checkpoint_round_trip_mid_window_with_rescale_gives_the_same_results() {
         for (at, parallelism) in [(97, 1), (97, 2), (201, 2)] {
             let mut h = harness(windows, 0);
             drive(&mut h, &input, 7, Some((at, parallelism)));
-            assert_eq!(sorted(&h.out), want, "{windows:?} restarted at {at} with parallelism {parallelism}");
+            assert_eq!(
+                sorted(&h.out),
+                want,
+                "{windows:?} restarted at {at} with parallelism {parallelism}"
+            );
             assert_eq!(h.state_entries(), 0);
         }
     }
@@ -339,7 +400,10 @@ fn oracle(windows: Windows, input: &[(u64, i64)]) -> Vec<(u64, i64, i64, u64)> {
             }
         }
     }
-    counts.into_iter().map(|((k, s, e), c)| (k, s, e, c)).collect()
+    counts
+        .into_iter()
+        .map(|((k, s, e), c)| (k, s, e, c))
+        .collect()
 }
 
 fn windows_strategy() -> impl Strategy<Value = Windows> {
