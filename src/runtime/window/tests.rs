@@ -441,3 +441,83 @@ proptest! {
         prop_assert_eq!(h.state_entries(), 0);
     }
 }
+
+/// Through the job builder and the tasks: session windows, and late records in the sink's
+/// late-data output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_writes_session_results_and_late_records_to_their_outputs() {
+    use crate::client::types::Record;
+    use crate::runtime::connector::{MemorySink, MemorySource};
+    use crate::runtime::{job, JobConfig, WatermarkConfig};
+
+    // (key, ts), one split, one record per poll: a watermark follows every record.
+    let input = [(1u64, 0i64), (1, 5), (1, 100), (1, 3), (2, 50), (1, 105)];
+    let records: Vec<Record> = input
+        .iter()
+        .enumerate()
+        .map(|(i, (k, ts))| Record {
+            offset: i as i64,
+            value: Some(Bytes::from(format!("{k},{ts}"))),
+            ..Record::default()
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!(
+        "exactly-sessions-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut config = JobConfig::new("sessions-test", &dir);
+    config.bounded = true;
+    config.checkpoint.interval_ms = 0;
+    let metrics = config.metrics.clone();
+    let sink = MemorySink::default();
+    job(config, MemorySource::new(vec![records], 1))
+        .deserialize(|r| {
+            let s = std::str::from_utf8(r.record.value.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            let (k, ts) = s.split_once(',').ok_or("no comma")?;
+            Ok((
+                k.parse::<u64>().map_err(|e| e.to_string())?,
+                ts.parse::<i64>().map_err(|e| e.to_string())?,
+            ))
+        })
+        .timestamps(
+            |r: &(u64, i64)| r.1,
+            WatermarkConfig {
+                out_of_orderness_ms: 0,
+                idle_timeout_ms: None,
+            },
+        )
+        .key_by(|r: &(u64, i64)| r.0)
+        .window(Windows::session(10))
+        .late_output(|r| {
+            (
+                Some(Bytes::from(r.0.to_string())),
+                Bytes::from(r.1.to_string()),
+            )
+        })
+        .aggregate(Count)
+        .sink(sink.clone(), |r| {
+            (
+                None,
+                Bytes::from(format!(
+                    "{} [{}, {}) {}",
+                    r.key, r.window.start, r.window.end, r.result
+                )),
+            )
+        })
+        .run()
+        .await
+        .unwrap();
+    let of = |target: Target| -> Vec<String> {
+        sink.committed()
+            .iter()
+            .filter(|r| r.target == target)
+            .map(|r| String::from_utf8(r.value.as_deref().unwrap().to_vec()).unwrap())
+            .collect()
+    };
+    assert_eq!(of(Target::Main), vec!["1 [0, 15) 2", "1 [100, 115) 2"]);
+    assert_eq!(of(Target::Late), vec!["3", "50"]);
+    assert_eq!(metrics.counter("late_records_total", "").get(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
