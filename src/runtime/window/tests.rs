@@ -179,6 +179,36 @@ fn a_sliding_record_late_for_one_window_only_is_not_late() {
 }
 
 #[test]
+fn a_record_between_sliding_windows_is_in_none_and_not_late() {
+    // Windows [0, 5), [10, 15), ...: 7 is in none of them, and not late either (Flink counts a
+    // record late only if it is itself past the lateness).
+    let mut h = harness(Windows::sliding(5, 10), 0);
+    h.process(1, 0, 3);
+    h.process(1, 0, 7);
+    h.watermark(i64::MAX);
+    assert_eq!(results(&h.out), vec![(1, 0, 5, 1)]);
+    assert_eq!(late_count(&h), 0);
+}
+
+#[test]
+fn after_a_restore_a_window_within_its_lateness_fires_again_at_the_next_watermark() {
+    // The watermark is not part of the snapshot (the restored operator starts at the lowest);
+    // a record for a window that fired before the snapshot must still make it fire again.
+    for windows in [Windows::tumbling(10), Windows::sliding(10, 10), Windows::session(10)] {
+        let mut h = harness(windows, 100);
+        h.process(1, 0, 0);
+        h.watermark(20);
+        assert_eq!(results(&h.out).len(), 1, "{windows:?}");
+        h.restart(2);
+        h.process(1, 0, 0);
+        h.watermark(25);
+        let r = results(&h.out);
+        assert_eq!(r.len(), 2, "{windows:?}: {r:?}");
+        assert_eq!(r[1].3, 2, "{windows:?}: fires again with both records");
+    }
+}
+
+#[test]
 fn tumbling_lateness_fires_again_with_the_update_and_cleans_up_at_end_plus_lateness() {
     let mut h = harness(Windows::tumbling(10), 5);
     h.process(1, 0, 5);
