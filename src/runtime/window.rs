@@ -14,7 +14,20 @@
 //! updated result. A record whose windows are all past their cleanup time is *late*: it is
 //! counted (`late_records_total`) and, if the job has a late-data output, written there as a
 //! [`Target::Late`] record — never silently dropped (without an output it is logged at debug,
-//! rate-limited).
+//! rate-limited). As in Flink, a record is late only if it is itself past the lateness
+//! (`ts + lateness <= watermark`): a record between sliding windows shorter than their slide
+//! belongs to no window and is not late.
+//!
+//! The watermark is not part of a snapshot (as in Flink): a restored operator starts at the
+//! lowest watermark until its inputs send one, so a window that had fired within its lateness
+//! registers its fire timer again when a record updates it, and fires at that next watermark.
+//!
+//! # Hot path
+//!
+//! The tumbling/sliding operator's `process` is the fraud job's inner loop: one state lookup per
+//! window of the record, and with no lateness the fire timer is registered only when the
+//! window's state is created (a window has state exactly until its timer fires), not once per
+//! record.
 //!
 //! # State
 //!
@@ -516,8 +529,8 @@ impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>>
             (range.start, false)
         } else {
             // Merge the record and every session it touches into the first of them, and delete
-            // the timers of the windows merged away (the result may have the start and end of
-            // one of them: its timers are registered again below).
+            // the timers of the windows merged away (the result may keep the start of the first
+            // one, with a later end: its timers are registered below).
             let i = range.start;
             let delete = |timers: &mut TimerQueue<K, i64>, (s, e): (i64, i64)| {
                 timers.delete(kg, e - 1, key.clone(), s);

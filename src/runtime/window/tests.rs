@@ -194,7 +194,11 @@ fn a_record_between_sliding_windows_is_in_none_and_not_late() {
 fn after_a_restore_a_window_within_its_lateness_fires_again_at_the_next_watermark() {
     // The watermark is not part of the snapshot (the restored operator starts at the lowest);
     // a record for a window that fired before the snapshot must still make it fire again.
-    for windows in [Windows::tumbling(10), Windows::sliding(10, 10), Windows::session(10)] {
+    for windows in [
+        Windows::tumbling(10),
+        Windows::sliding(10, 10),
+        Windows::session(10),
+    ] {
         let mut h = harness(windows, 100);
         h.process(1, 0, 0);
         h.watermark(20);
