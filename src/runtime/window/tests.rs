@@ -555,3 +555,45 @@ async fn a_job_writes_session_results_and_late_records_to_their_outputs() {
     assert_eq!(metrics.counter("late_records_total", "").get(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+proptest! {
+    /// Records up to `lateness` behind the watermark: windows fire, then fire again for each
+    /// late record within the lateness. Nothing is late, the last result of every window is
+    /// the oracle's count, every result is of a window (or, for sessions, part of a session)
+    /// the oracle has, and all state is cleaned at the end.
+    #[test]
+    fn with_lateness_the_last_result_of_each_window_equals_the_oracle(
+        windows in windows_strategy(),
+        disorder in 1i64..10,
+        lateness in 1i64..30,
+        start in -200i64..200,
+        steps in proptest::collection::vec((0u64..4, 0i64..8, 0i64..40), 0..120),
+        restart in proptest::option::of((0usize..120, 1usize..4)),
+    ) {
+        let mut t = start;
+        let input: Vec<(u64, i64)> = steps
+            .iter()
+            .map(|&(key, step, back)| {
+                t += step;
+                (key, t - back % (disorder + lateness))
+            })
+            .collect();
+        let mut h = Harness::new(make(windows, lateness, false), 1, 16);
+        drive(&mut h, &input, disorder, restart);
+        prop_assert_eq!(late_count(&h), 0);
+        prop_assert_eq!(h.state_entries(), 0);
+        let want = oracle(windows, &input);
+        let mut last: BTreeMap<(u64, i64, i64), u64> = BTreeMap::new();
+        for r in results(&h.out) {
+            let inside = want.iter().any(|w| match windows {
+                Windows::Session { .. } => w.0 == r.0 && w.1 <= r.1 && r.2 <= w.2,
+                _ => (w.0, w.1, w.2) == (r.0, r.1, r.2),
+            });
+            prop_assert!(inside, "{:?} is no window of the oracle's {:?}", r, want);
+            last.insert((r.0, r.1, r.2), r.3);
+        }
+        for w in &want {
+            prop_assert_eq!(last.get(&(w.0, w.1, w.2)), Some(&w.3), "last result of {:?}", w);
+        }
+    }
+}
