@@ -18,10 +18,12 @@ use bytes::Bytes;
 
 use super::connector::{OutputRecord, SinkFactory, SourceFactory, Target};
 use super::metrics::Registry;
-use super::operator::{KeyedOperatorFactory, KeyedProcessFunction, ProcessOperator};
+use super::operator::{
+    KeyedOperatorFactory, KeyedProcessFunction, OperatorFactory, ProcessOperator,
+};
 use super::source::{SourceRecord, WatermarkConfig};
 use super::state::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
-use super::window::{AggregateFunction, WindowOperator, WindowResult, Windows};
+use super::window::{window_operator, AggregateFunction, LateEncode, WindowResult, Windows};
 use super::RuntimeError;
 use crate::client::types::RecordHeader;
 
@@ -126,10 +128,6 @@ impl JobConfig {
         Ok(())
     }
 }
-
-/// Creates a keyed subtask's operator.
-pub(crate) type OperatorFactory<K, T, O> =
-    Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>> + Send + Sync>;
 
 /// Encodes a result as (key, value).
 pub(crate) type Encoder<O> = Arc<dyn Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync>;
@@ -286,6 +284,7 @@ impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> KeyedStream<K, T> {
             keyed: self,
             windows,
             allowed_lateness_ms: 0,
+            late: None,
         }
     }
 
@@ -315,6 +314,7 @@ pub struct WindowedStream<K, T> {
     keyed: KeyedStream<K, T>,
     windows: Windows,
     allowed_lateness_ms: i64,
+    late: Option<LateEncode<T>>,
 }
 
 impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T> {
@@ -322,6 +322,17 @@ impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T>
     /// the late-data output, counted.
     pub fn allowed_lateness_ms(mut self, ms: i64) -> Self {
         self.allowed_lateness_ms = ms;
+        self
+    }
+
+    /// Writes records later than the allowed lateness to the sink's late-data output
+    /// ([`Target::Late`]), encoded by `encode` as (key, value). Without it they are only counted
+    /// (`late_records_total`) and logged at debug level, rate-limited.
+    pub fn late_output(
+        mut self,
+        encode: impl Fn(&T) -> (Option<Bytes>, Bytes) + Send + Sync + 'static,
+    ) -> Self {
+        self.late = Some(Arc::new(encode));
         self
     }
 
@@ -335,10 +346,10 @@ impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T>
         let agg = Arc::new(agg);
         let windows = self.windows;
         let lateness = self.allowed_lateness_ms;
+        let late = self.late;
         let factory: OperatorFactory<K, T, WindowResult<K, A::Out>> =
             Arc::new(move |f: KeyedOperatorFactory| {
-                Box::new(WindowOperator::new(agg.clone(), windows, lateness, f))
-                    as Box<dyn OpInstance<K, T, WindowResult<K, A::Out>>>
+                window_operator(agg.clone(), windows, lateness, late.clone(), f)
             });
         KeyedOutput {
             keyed: self.keyed,

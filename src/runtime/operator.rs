@@ -23,6 +23,10 @@ pub struct KeyedOperatorFactory {
     pub metrics: Registry,
 }
 
+/// Creates a keyed operator instance for each keyed subtask.
+pub(crate) type OperatorFactory<K, T, O> =
+    std::sync::Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>> + Send + Sync>;
+
 /// A keyed operator instance, owned by one keyed subtask.
 pub trait OpInstance<K, T, O>: Send {
     /// One record of key `key` (in key group `kg`) with event time `ts`.
@@ -101,6 +105,10 @@ impl<K: StateKey + Ord + Send + 'static, S: StateValue, O> ProcessContext<'_, K,
         self.state
             .get_or_insert_with(self.kg, self.key.clone(), init)
     }
+    /// The key's state, if it has one.
+    pub fn state(&mut self) -> Option<&mut S> {
+        self.state.get_mut(self.kg, self.key)
+    }
     /// Removes the key's state, returning it.
     pub fn take_state(&mut self) -> Option<S> {
         self.state.remove(self.kg, self.key)
@@ -109,6 +117,10 @@ impl<K: StateKey + Ord + Send + 'static, S: StateValue, O> ProcessContext<'_, K,
     pub fn register_timer(&mut self, timestamp: i64) {
         self.timers
             .register(self.kg, timestamp, self.key.clone(), ());
+    }
+    /// Deletes this key's timer at `timestamp`; returns whether there was one.
+    pub fn delete_timer(&mut self, timestamp: i64) -> bool {
+        self.timers.delete(self.kg, timestamp, self.key.clone(), ())
     }
     /// Emits a result.
     pub fn emit(&mut self, out: O) {
@@ -203,3 +215,6 @@ where
         type_fingerprint::<(K, P::State)>()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -19,8 +19,9 @@ use super::connector::{
     BoxFuture, MemorySink, SinkFactory, SinkRecovery, SinkWriter, SourceFactory,
 };
 use super::fault;
-use super::job::{Chain, Encoder, Job, JobConfig, KeyedOutput, OperatorFactory};
+use super::job::{Chain, Encoder, Job, JobConfig, KeyedOutput};
 use super::operator::KeyedOperatorFactory;
+use super::operator::OperatorFactory;
 use super::source::{SourceRecord, SplitOffset, WatermarkConfig};
 use super::state::{
     type_fingerprint, CheckpointFile, CheckpointMetadata, CheckpointStore, KeyGroupRange,
