@@ -117,6 +117,7 @@ pub struct KafkaSink {
     config: KafkaSinkConfig,
     topic: String,
     dead_letter_topic: Option<String>,
+    late_topic: Option<String>,
     owners: Mutex<Option<OwnerMap>>,
     metrics: Registry,
 }
@@ -129,6 +130,7 @@ impl KafkaSink {
             config,
             topic: topic.into(),
             dead_letter_topic: None,
+            late_topic: None,
             owners: Mutex::new(None),
             metrics: Registry::default(),
         }
@@ -138,6 +140,13 @@ impl KafkaSink {
     /// Without it they are counted and logged, not written.
     pub fn with_dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// Sends records later than the allowed lateness (a window's late-data output) to `topic`;
+    /// without it they go to the dead-letter topic.
+    pub fn with_late_topic(mut self, topic: impl Into<String>) -> Self {
+        self.late_topic = Some(topic.into());
         self
     }
 
@@ -258,6 +267,7 @@ impl SinkFactory for KafkaSink {
                 sink: Some(sink),
                 topic: self.topic.clone(),
                 dead_letter_topic: self.dead_letter_topic.clone(),
+                late_topic: self.late_topic.clone(),
                 dropped_dead_letters: self.metrics.counter(
                     "dead_letters_unwritten_total",
                     "Dead letters counted but not written (no dead-letter topic configured)",
@@ -276,6 +286,7 @@ struct KafkaSinkWriter {
     sink: Option<TwoPhaseCommitSink>,
     topic: String,
     dead_letter_topic: Option<String>,
+    late_topic: Option<String>,
     dropped_dead_letters: Arc<Counter>,
     commit_latency_ms: Arc<Histogram>,
     latencies_seen: usize,
@@ -312,6 +323,9 @@ impl SinkWriter for KafkaSinkWriter {
             for r in records.drain(..) {
                 let topic = match r.target {
                     Target::Main => self.topic.clone(),
+                    Target::Late if self.late_topic.is_some() => {
+                        self.late_topic.clone().expect("checked")
+                    }
                     Target::DeadLetter | Target::Late => {
                         match &self.dead_letter_topic {
                             Some(t) => t.clone(),
