@@ -48,7 +48,10 @@ async fn demo_survives_two_crashes_with_no_duplicate_and_no_missing_alert() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    let all = format!("status {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    let all = format!(
+        "status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
     assert!(out.status.success(), "{all}");
     for line in [
         "duplicates: 0",
