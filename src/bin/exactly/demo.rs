@@ -359,9 +359,15 @@ async fn broker(brokers: &str, connect_deadline_ms: u64, exe: &Path) -> anyhow::
     if !status.success() {
         bail!("{} up failed ({status})", script.display());
     }
-    connect(connect_deadline_ms).await.with_context(|| {
+    let client = connect(connect_deadline_ms).await.with_context(|| {
         format!("cannot reach Kafka at {brokers} after starting it with scripts/kafka")
-    })
+    })?;
+    eprintln!(
+        "demo: the broker keeps running after the demo; stop it with \
+         EXACTLY_KAFKA_PORT={port} {} down",
+        script.display()
+    );
+    Ok(client)
 }
 
 /// The port of `brokers` when it is one local address (`127.0.0.1`, `localhost`, `[::1]`).
