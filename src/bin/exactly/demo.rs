@@ -141,31 +141,30 @@ pub(crate) async fn run(
         args.records, args.users, args.rate
     );
     let gen_began = Instant::now();
-    let gen = capture(
-        &exe,
-        brokers,
-        &[
-            "gen",
-            "--topic",
-            &input,
-            "--count",
-            &args.records.to_string(),
-            "--users",
-            &args.users.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--malformed-fraction",
-            &args.malformed_fraction.to_string(),
-            "--partitions",
-            &INPUT_PARTITIONS.to_string(),
-            "--rate",
-            &args.rate.to_string(),
-        ],
-    )?;
+    let gen_logs = (dir.join("gen.stdout"), dir.join("gen.stderr"));
+    let gen_args = [
+        "gen",
+        "--topic",
+        &input,
+        "--count",
+        &args.records.to_string(),
+        "--users",
+        &args.users.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--malformed-fraction",
+        &args.malformed_fraction.to_string(),
+        "--partitions",
+        &INPUT_PARTITIONS.to_string(),
+        "--rate",
+        &args.rate.to_string(),
+    ]
+    .map(str::to_owned);
+    let mut gen = Running::start(&exe, brokers, &gen_args, &gen_logs)?;
 
     // 4. The job, killed and restarted.
     let prefix = format!("exactly-demo-{run_id}");
-    let job_args = [
+    let mut job_args = vec![
         "run".to_owned(),
         "--input".to_owned(),
         input.clone(),
@@ -196,12 +195,12 @@ pub(crate) async fn run(
         let n = crashes + 1;
         let logs = logs(n);
         let restored = latest_complete(&checkpoints);
-        let mut child = spawn_job(&exe, brokers, &job_args, &logs, false)?;
+        let mut child = Running::start(&exe, brokers, &job_args, &logs)?;
         let started = Instant::now();
         // Wait for a checkpoint newer than the one this run restored, then a random moment.
         let mut checkpointed = false;
         while !checkpointed && started.elapsed() < run_timeout {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = child.0.try_wait()? {
                 bail!(failed(n, status, &logs.1));
             }
             checkpointed = latest_complete(&checkpoints) > restored;
@@ -214,8 +213,8 @@ pub(crate) async fn run(
         }
         // A child that exits just now is killed or already gone: either way it stopped
         // without its final checkpoint, which is what a crash is. (`kill` is SIGKILL.)
-        child.kill().ok();
-        child.wait()?;
+        child.0.kill().ok();
+        child.0.wait()?;
         if !checkpointed {
             bail!(
                 "run {n} completed no checkpoint within --run-timeout-ms: {}",
@@ -234,11 +233,15 @@ pub(crate) async fn run(
     }
 
     // The input complete, a last, bounded run drains it.
-    let gen = gen.await??;
-    if !gen.status.success() {
-        bail!("exactly gen failed ({}): {}", gen.status, gen.stderr.trim());
+    let status = gen.finish(run_timeout).await?;
+    if !status.is_some_and(|s| s.success()) {
+        bail!(
+            "exactly gen failed or took longer than --run-timeout-ms ({status:?}): {}",
+            tail(&gen_logs.1)
+        );
     }
-    let gen_report = last_json_line(&gen.stdout).context("exactly gen printed no report")?;
+    let gen_report = last_json_line(&std::fs::read_to_string(&gen_logs.0)?)
+        .context("exactly gen printed no report")?;
     eprintln!(
         "demo: the input is complete: {} records ({} malformed) in {:.1} s; {} alerts expected",
         gen_report["records"],
@@ -252,21 +255,13 @@ pub(crate) async fn run(
         "demo: run {n}: bounded, letting the job finish (restored from checkpoint {})",
         shown(latest_complete(&checkpoints))
     );
-    let mut child = spawn_job(&exe, brokers, &job_args, &logs, true)?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > run_timeout {
-            child.kill().ok();
-            child.wait()?;
-            bail!(
-                "the last run took longer than --run-timeout-ms: {}",
-                tail(&logs.1)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    job_args.push("--bounded".to_owned());
+    let mut child = Running::start(&exe, brokers, &job_args, &logs)?;
+    let Some(status) = child.finish(run_timeout).await? else {
+        bail!(
+            "the last run took longer than --run-timeout-ms: {}",
+            tail(&logs.1)
+        );
     };
     if !status.success() {
         bail!(failed(n, status, &logs.1));
@@ -421,27 +416,54 @@ fn capture(
     }))
 }
 
-/// Starts `exactly run` (with `--bounded` when `bounded`) with its stdout and stderr in files.
-fn spawn_job(
-    exe: &Path,
-    brokers: &str,
-    args: &[String],
-    (stdout, stderr): &(PathBuf, PathBuf),
-    bounded: bool,
-) -> anyhow::Result<Child> {
-    let file = |p: &PathBuf| {
-        std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))
-    };
-    Command::new(exe)
-        .arg("--brokers")
-        .arg(brokers)
-        .args(args)
-        .args(bounded.then_some("--bounded"))
-        .stdin(Stdio::null())
-        .stdout(file(stdout)?)
-        .stderr(file(stderr)?)
-        .spawn()
-        .context("cannot start exactly run")
+/// A child `exactly` process with its stdout and stderr in files; killed (SIGKILL) when dropped,
+/// so that a demo that fails leaves no job or generator behind.
+struct Running(Child);
+
+impl Running {
+    /// Starts `exactly --brokers B ARGS`.
+    fn start(
+        exe: &Path,
+        brokers: &str,
+        args: &[String],
+        (stdout, stderr): &(PathBuf, PathBuf),
+    ) -> anyhow::Result<Self> {
+        let file = |p: &PathBuf| {
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))
+        };
+        let child = Command::new(exe)
+            .arg("--brokers")
+            .arg(brokers)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file(stdout)?)
+            .stderr(file(stderr)?)
+            .spawn()
+            .with_context(|| format!("cannot start exactly {}", args[0]))?;
+        Ok(Self(child))
+    }
+
+    /// Waits until the child exits; `None` (and the child killed) after `timeout`.
+    async fn finish(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let began = Instant::now();
+        while began.elapsed() < timeout {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(Some(status));
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+        self.0.kill().ok();
+        self.0.wait()?;
+        Ok(None)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Both fail harmlessly when the child has been waited for already.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The newest complete checkpoint in `dir`: `chk-<id>/_metadata` is written last.
