@@ -16,6 +16,7 @@ mod prepared_outcome;
 mod produce_fetch;
 mod producer_limits;
 mod product_cli;
+mod product_demo;
 mod reader;
 mod runtime_sink;
 mod runtime_source;

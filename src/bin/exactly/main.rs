@@ -57,7 +57,8 @@ enum Command {
     Gen(gen::GenArgs),
     /// Check the fraud job's output against its input (exit 1 on any discrepancy).
     Verify(verify::VerifyArgs),
-    /// The quick-start job: writes records and reads them back exactly once.
+    /// The quick start: starts a local Kafka if none runs, generates card transactions, runs
+    /// the fraud job while killing it with SIGKILL and restarting it, then verifies the alerts.
     Demo(demo::DemoArgs),
 }
 
@@ -90,6 +91,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The demo connects by itself: it may have to start the broker first.
+    if let Command::Demo(args) = cli.command {
+        return demo::run(&cli.brokers, cli.connect_deadline_ms, args).await;
+    }
     let mut config = ClientConfig::new(&cli.brokers);
     config.retry.deadline_ms = cli.connect_deadline_ms;
     let client = Client::connect(config).await.with_context(|| {
@@ -102,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics(cmd) => topics::run(client, cmd).await,
         Command::Produce(args) => produce::run(client, args).await,
         Command::Consume(args) => consume::run(client, args).await,
-        Command::Demo(args) => demo::run(client, args).await,
+        Command::Demo(_) => unreachable!("handled above"),
         Command::Run(args) => run::run(client, args).await,
         Command::Txn(cmd) => txn::run(client, cmd).await,
         Command::Gen(args) => gen::run(client, args).await,
