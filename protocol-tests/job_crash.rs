@@ -439,15 +439,22 @@ struct Fixture {
     expected: Vec<Alert>,
     records: usize,
     dir: PathBuf,
+    /// Generated records not written yet (see [`Fixture::write_rest`]).
+    pending: Vec<fraud_expect::CardTxn>,
 }
 
 /// Generates `records` records (seeded), writes them to a new input topic, creates the output
 /// topic, and computes the expected alerts.
 async fn fixture(test: &str, seed: u64, records: usize) -> Fixture {
+    fixture_staged(test, seed, records, records).await
+}
+
+/// [`fixture`], writing only the first `write_now` records; the rest stay in `pending`.
+async fn fixture_staged(test: &str, seed: u64, records: usize, write_now: usize) -> Fixture {
     let client = client().await;
     let params = FraudParams::default();
     let spec = InputSpec::standard(seed, records, &params);
-    let inputs = generate(&spec);
+    let mut inputs = generate(&spec);
     assert!(
         max_disorder_ms(&inputs) < params.out_of_orderness_ms,
         "the generator must keep every record on time"
@@ -455,10 +462,13 @@ async fn fixture(test: &str, seed: u64, records: usize) -> Fixture {
     let expected = expected_alerts(&inputs, &params);
     let input = create_kept_topic(&client, &format!("{test}-in"), INPUT_PARTITIONS).await;
     let output = create_kept_topic(&client, &format!("{test}-out"), OUTPUT_PARTITIONS).await;
+    let pending = inputs.split_off(write_now.min(records));
     let t = Instant::now();
     write_input(&client, &input, &inputs).await;
     eprintln!(
-        "[{test}] wrote {records} records to {input} in {} ms; {} alerts expected over {} windows",
+        "[{test}] wrote {} of {records} records to {input} in {} ms; {} alerts expected over {} \
+         windows",
+        inputs.len(),
         t.elapsed().as_millis(),
         expected.len(),
         fraud_expect::windows_of(&expected).len()
@@ -470,6 +480,18 @@ async fn fixture(test: &str, seed: u64, records: usize) -> Fixture {
         expected,
         records,
         dir: test_dir(test),
+        pending,
+    }
+}
+
+impl Fixture {
+    /// Writes the pending records in the background (while a job runs: new windows fire, so
+    /// its sink has transactions open while the test watches). In production order after the
+    /// records written before, so none of them is late.
+    fn write_rest(&mut self) -> tokio::task::JoinHandle<()> {
+        let rest = std::mem::take(&mut self.pending);
+        let (client, input) = (self.client.clone(), self.input.clone());
+        tokio::spawn(async move { write_input(&client, &input, &rest).await })
     }
 }
 
@@ -973,15 +995,17 @@ async fn job_crash_kill_and_fault_points() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_rescale_3_to_2_aborts_vanished_subtask_transactions() {
     let _lock = JOB_LOCK.lock().await;
-    let f = fixture("job-rescale-down", 3, 60_000).await;
+    let mut f = fixture_staged("job-rescale-down", 3, 60_000, 15_000).await;
     let prefix = unique_topic("down");
     let mut spec = JobSpec::new(&f.input, &f.output, f.dir.join("checkpoints"), &prefix);
     spec.transaction_timeout_ms = 600_000;
     spec.parallelism = 3;
     let vanished = format!("{prefix}-2-");
     let mut lingering = Vec::new();
+    let mut rest = None;
     for attempt in 0..5 {
         let mut run = JobRun::spawn(&spec, &f.dir, &format!("p3-{attempt}"), false, None);
+        rest.get_or_insert_with(|| f.write_rest());
         lingering = kill_with_ongoing(
             &f.client,
             &mut run,
@@ -1000,6 +1024,9 @@ async fn job_rescale_3_to_2_aborts_vanished_subtask_transactions() {
         "no transaction of subtask 2 was open at any of 5 kills: the test could not set up \
          lingering transactions"
     );
+    rest.expect("written")
+        .await
+        .expect("write the rest of the input");
     let at_kill = identities(&f.client, &lingering).await;
     eprintln!("[job-rescale-down] lingering at the kill: {at_kill:?}");
 
@@ -1037,14 +1064,16 @@ async fn job_rescale_3_to_2_aborts_vanished_subtask_transactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_rescale_1_to_3_then_crash_then_2() {
     let _lock = JOB_LOCK.lock().await;
-    let f = fixture("job-rescale-up", 4, 60_000).await;
+    let mut f = fixture_staged("job-rescale-up", 4, 60_000, 15_000).await;
     let prefix = unique_topic("up");
     let mut spec = JobSpec::new(&f.input, &f.output, f.dir.join("checkpoints"), &prefix);
     spec.transaction_timeout_ms = 600_000;
     spec.parallelism = 1;
     let mut lingering = Vec::new();
+    let mut rest = None;
     for attempt in 0..5 {
         let mut run = JobRun::spawn(&spec, &f.dir, &format!("p1-{attempt}"), false, None);
+        rest.get_or_insert_with(|| f.write_rest());
         lingering = kill_with_ongoing(
             &f.client,
             &mut run,
@@ -1062,6 +1091,9 @@ async fn job_rescale_1_to_3_then_crash_then_2() {
         !lingering.is_empty(),
         "no transaction open at any of 5 kills"
     );
+    rest.expect("written")
+        .await
+        .expect("write the rest of the input");
     let at_kill = identities(&f.client, &lingering).await;
     eprintln!("[job-rescale-up] lingering at the kill: {at_kill:?}");
 
