@@ -16,6 +16,8 @@ mod prepared_outcome;
 mod produce_fetch;
 mod producer_limits;
 mod reader;
+mod runtime_source;
+mod runtime_sink;
 mod transactions;
 mod transactions_java;
 mod txn_lifecycle;

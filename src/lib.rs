@@ -10,6 +10,7 @@
 //! | `connection` | one TCP connection: framing, correlation ids, pipelining, version negotiation |
 //! | [`client`] | cluster metadata, admin, idempotent producer, fetcher (and transactions) |
 //! | [`runtime`] | operators, state, checkpoints, sources and sinks |
+//! | [`jobs`] | jobs built on the runtime (card fraud detection) |
 //!
 //! The `exactly` binary (in `src/bin/exactly/`) sits on top. `protocol` and `connection` are
 //! private: [`client`] re-exports the types its API mentions ([`client::types`]). The
@@ -49,4 +50,5 @@ mod connection;
 pub mod protocol;
 #[cfg(not(feature = "internals"))]
 mod protocol;
+pub mod jobs;
 pub mod runtime;

@@ -85,6 +85,8 @@ ours! {
     DescribeTransactionsRequest => "DescribeTransactions", 0..=0;
     ListTransactionsRequest => "ListTransactions", 0..=1;
     OffsetFetchRequest => "OffsetFetch", 1..=8;
+    OffsetCommitRequest => "OffsetCommit", 2..=9;
+    CreatePartitionsRequest => "CreatePartitions", 0..=3;
 }
 
 fn schema_error<R: KafkaRequest>(version: i16, err: impl std::fmt::Display) -> ProtocolError

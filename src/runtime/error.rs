@@ -55,4 +55,68 @@ pub enum RuntimeError {
     },
     // Helpers: add the variants your module needs below this line, in your own block with a
     // comment naming the module; the integrator merges the blocks.
+
+    // --- source (src/runtime/source) ---
+    /// A Kafka source's position is outside its partition's log: the records there were
+    /// deleted (retention, `DeleteRecords`) or the topic was re-created. Reading on would skip
+    /// or replay records, so the source stops unless told to reset
+    /// (`KafkaSourceConfig::offset_out_of_range`).
+    #[error(
+        "{topic}/{partition}: source position {offset} is outside the log, which holds offsets \
+         {log_start_offset}..{log_end_offset} (records deleted by retention, or the topic was \
+         re-created); set KafkaSourceConfig::offset_out_of_range to OffsetReset::Earliest to \
+         continue from the log start instead"
+    )]
+    SourceOffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The position the source tried to read at.
+        offset: i64,
+        /// The partition's log start offset now.
+        log_start_offset: i64,
+        /// The end of the partition's log now (under the source's isolation).
+        log_end_offset: i64,
+    },
+    // --- sink (src/runtime/sink): the two-phase-commit Kafka sink and its recovery ---
+    /// A transaction of the two-phase-commit sink could not be finished, and a restart alone
+    /// does not fix it: the message says what happened and what the operator can do.
+    #[error("sink transaction {transactional_id:?}{}: {} ({reason}). {}", checkpoint_label(.checkpoint_id), .failure.what(), .failure.advice())]
+    SinkTransaction {
+        /// What kind of failure.
+        failure: crate::runtime::sink::SinkTxnFailure,
+        /// The checkpoint the transaction belongs to (none for a lingering one).
+        checkpoint_id: Option<u64>,
+        /// The transactional id.
+        transactional_id: String,
+        /// What the client reported.
+        reason: String,
+    },
+    /// No producer of a sink subtask's pool is free for the next transaction.
+    #[error("sink subtask {subtask}: no free producer in its pool of {pool_size}: {reason}")]
+    SinkPoolExhausted {
+        /// The sink subtask.
+        subtask: u32,
+        /// The pool size (`KafkaSinkConfig::pool_size`).
+        pool_size: u32,
+        /// Which checkpoints hold the producers, and what to do.
+        reason: String,
+    },
+    /// A sink call that its lifecycle state does not allow.
+    #[error("sink subtask {subtask}: cannot {operation}: {reason}")]
+    SinkInvalidCall {
+        /// The sink subtask.
+        subtask: u32,
+        /// The call.
+        operation: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    // --- end sink ---
+}
+
+/// " of checkpoint n", or nothing (sink errors).
+fn checkpoint_label(checkpoint_id: &Option<u64>) -> String {
+    checkpoint_id.map_or_else(String::new, |n| format!(" of checkpoint {n}"))
 }

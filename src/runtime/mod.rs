@@ -13,9 +13,22 @@
 //!
 //! Everything here calls only [`crate::client`] below it.
 
+pub mod connector;
 mod error;
+pub mod fault;
+pub mod job;
+pub mod kafka;
+pub mod metrics;
+pub mod operator;
+mod run;
+pub(crate) mod shim;
 pub mod sink;
 pub mod source;
 pub mod state;
+mod task;
+pub mod window;
 
 pub use error::RuntimeError;
+pub use job::{job, CheckpointConfig, Job, JobConfig};
+pub use source::WatermarkConfig;
+pub use run::JobReport;

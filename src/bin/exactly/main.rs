@@ -6,6 +6,7 @@
 mod consume;
 mod demo;
 mod produce;
+mod run;
 mod topics;
 mod txn;
 
@@ -46,6 +47,8 @@ enum Command {
     /// Prepared transactions: prepare, commit or abort from a stored identity, describe.
     #[command(subcommand)]
     Txn(txn::TxnCommand),
+    /// Run the card-fraud job (exactly once, from Kafka to Kafka).
+    Run(run::RunArgs),
     /// The quick-start job: writes records and reads them back exactly once.
     Demo(demo::DemoArgs),
 }
@@ -92,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(client, args).await,
         Command::Consume(args) => consume::run(client, args).await,
         Command::Demo(args) => demo::run(client, args).await,
+        Command::Run(args) => run::run(client, args).await,
         Command::Txn(cmd) => txn::run(client, cmd).await,
     }
 }

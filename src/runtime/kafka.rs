@@ -1,0 +1,297 @@
+//! The Kafka source and the two-phase-commit Kafka sink as connectors of the job graph: the
+//! glue between [`super::source::kafka`] / [`super::sink`] and the task loops
+//! ([`super::connector`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::connector::{BoxFuture, OutputRecord, SinkFactory, SinkRecovery, SinkWriter, SourceFactory, SourceReader, Target};
+use super::fault;
+use super::job::CheckpointConfig;
+use super::metrics::{Counter, Histogram, Registry};
+use super::sink::{check_transaction_timeout, recover, CloseMode, KafkaCommittable, KafkaSinkConfig, OwnerMap, TwoPhaseCommitSink};
+use super::source::{KafkaSourceConfig, KafkaSourceReader, SourcePoll, SourceRecord, SplitAssigner, SplitOffset, StaticAssigner};
+use super::RuntimeError;
+use crate::client::producer::ProducerRecord;
+use crate::client::transaction::commit_prepared;
+use crate::client::Client;
+
+/// The Kafka source of a job: `read_committed` reads of the configured topics, offsets in the
+/// checkpoint, partitions spread over the source subtasks by the assigner.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    client: Client,
+    config: KafkaSourceConfig,
+    assigner: Arc<dyn SplitAssigner>,
+}
+
+impl KafkaSource {
+    /// A source reading with `client` as `config` says, partitions assigned as Flink does.
+    pub fn new(client: Client, config: KafkaSourceConfig) -> Self {
+        Self { client, config, assigner: Arc::new(StaticAssigner) }
+    }
+
+    /// Assigns partitions with `assigner` instead.
+    pub fn with_assigner(mut self, assigner: Arc<dyn SplitAssigner>) -> Self {
+        self.assigner = assigner;
+        self
+    }
+}
+
+impl SourceFactory for KafkaSource {
+    fn create(
+        &self,
+        subtask: usize,
+        parallelism: usize,
+        restored: Vec<SplitOffset>,
+    ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>> {
+        Box::pin(async move {
+            let reader = KafkaSourceReader::open(
+                self.client.clone(),
+                self.config.clone(),
+                subtask,
+                parallelism,
+                &restored,
+                self.assigner.clone(),
+            )
+            .await?;
+            Ok(Box::new(reader) as Box<dyn SourceReader>)
+        })
+    }
+}
+
+impl SourceReader for KafkaSourceReader {
+    fn poll<'a>(&'a mut self, out: &'a mut Vec<SourceRecord>) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>> {
+        Box::pin(KafkaSourceReader::poll(self, out))
+    }
+    fn split_count(&self) -> usize {
+        self.splits().len()
+    }
+    fn positions(&self) -> Vec<SplitOffset> {
+        KafkaSourceReader::positions(self)
+    }
+    fn checkpoint_complete(&mut self, positions: Vec<SplitOffset>) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            // Lag monitoring only: a failed commit is logged, never fails the job.
+            if let Err(e) = self.commit_to_group(&positions).await {
+                tracing::warn!(error = %e, "committing checkpointed offsets to the lag group failed");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Property under which the sink's owner map of transactional ids is kept in checkpoints.
+pub const OWNER_MAP_PROPERTY: &str = "kafka_sink.owners";
+
+/// The two-phase-commit Kafka sink of a job: the main output to `topic`, dead letters to
+/// `dead_letter_topic`, one transaction per subtask and checkpoint from a bounded pool.
+#[derive(Debug)]
+pub struct KafkaSink {
+    client: Client,
+    config: KafkaSinkConfig,
+    topic: String,
+    dead_letter_topic: Option<String>,
+    owners: Mutex<Option<OwnerMap>>,
+    metrics: Registry,
+}
+
+impl KafkaSink {
+    /// A sink writing to `topic` with `config`.
+    pub fn new(client: Client, config: KafkaSinkConfig, topic: impl Into<String>) -> Self {
+        Self {
+            client,
+            config,
+            topic: topic.into(),
+            dead_letter_topic: None,
+            owners: Mutex::new(None),
+            metrics: Registry::default(),
+        }
+    }
+
+    /// Sends dead letters (malformed input) to `topic`, in the same transactions as the output.
+    /// Without it they are counted and logged, not written.
+    pub fn with_dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// Records commit latencies and recovery counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: Registry) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+fn committables_of(bytes: &[u8]) -> Result<Vec<KafkaCommittable>, RuntimeError> {
+    serde_json::from_slice(bytes).map_err(|e| RuntimeError::CorruptCheckpoint {
+        path: "kafka sink committables".into(),
+        reason: e.to_string(),
+    })
+}
+
+impl SinkFactory for KafkaSink {
+    fn recover<'a>(
+        &'a self,
+        committables: Vec<Vec<u8>>,
+        properties: &'a BTreeMap<String, String>,
+        parallelism: usize,
+    ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
+        Box::pin(async move {
+            let mut all = Vec::new();
+            for c in &committables {
+                all.extend(committables_of(c)?);
+            }
+            let owners = match properties.get(OWNER_MAP_PROPERTY) {
+                Some(json) => serde_json::from_str::<OwnerMap>(json).map_err(|e| RuntimeError::CorruptCheckpoint {
+                    path: OWNER_MAP_PROPERTY.into(),
+                    reason: e.to_string(),
+                })?,
+                None => OwnerMap::new(&self.config, parallelism as u32),
+            };
+            if fault::armed(fault::RESTORE) {
+                // Make "recovery started finishing the prepared transactions" certain: finish
+                // the first one alone, then die.
+                if let Some(first) = all.iter().find(|c| !c.prepared.empty) {
+                    let _ = commit_prepared(&self.client, &first.prepared, self.config.commit_deadline_ms).await;
+                }
+                fault::point(fault::RESTORE);
+            }
+            let report = recover(&self.client, &self.config, &all, &owners, parallelism as u32).await?;
+            self.metrics
+                .counter("lingering_transactions_aborted_total", "Lingering transactions aborted at start")
+                .add(report.lingering_aborted.len() as u64);
+            if !report.lingering_aborted.is_empty() {
+                tracing::info!(ids = ?report.lingering_aborted, "aborted lingering transactions of this job");
+            }
+            *self.owners.lock().expect("owners lock") = Some(report.owners.clone());
+            Ok(SinkRecovery {
+                committed: report.committed,
+                already_committed: report.already_committed,
+                aborted_lingering: report.lingering_aborted.len() as u64,
+            })
+        })
+    }
+
+    fn validate<'a>(&'a self, checkpoint: &'a CheckpointConfig) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            self.config.validate()?;
+            check_transaction_timeout(&self.client, &self.config, checkpoint.interval_ms, checkpoint.timeout_ms).await
+        })
+    }
+
+    fn properties(&self, parallelism: usize) -> BTreeMap<String, String> {
+        let owners = self
+            .owners
+            .lock()
+            .expect("owners lock")
+            .clone()
+            .unwrap_or_else(|| OwnerMap::new(&self.config, parallelism as u32));
+        BTreeMap::from([(OWNER_MAP_PROPERTY.to_string(), serde_json::to_string(&owners).expect("owner map"))])
+    }
+
+    fn create(&self, subtask: usize, _parallelism: usize) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
+        Box::pin(async move {
+            let sink = TwoPhaseCommitSink::open(self.client.clone(), self.config.clone(), subtask as u32).await?;
+            Ok(Box::new(KafkaSinkWriter {
+                sink: Some(sink),
+                topic: self.topic.clone(),
+                dead_letter_topic: self.dead_letter_topic.clone(),
+                dropped_dead_letters: self.metrics.counter(
+                    "dead_letters_unwritten_total",
+                    "Dead letters counted but not written (no dead-letter topic configured)",
+                ),
+                commit_latency_ms: self.metrics.histogram("commit_latency_ms", "Checkpoint complete to EndTxn answered"),
+                latencies_seen: 0,
+            }) as Box<dyn SinkWriter>)
+        })
+    }
+}
+
+struct KafkaSinkWriter {
+    sink: Option<TwoPhaseCommitSink>,
+    topic: String,
+    dead_letter_topic: Option<String>,
+    dropped_dead_letters: Arc<Counter>,
+    commit_latency_ms: Arc<Histogram>,
+    latencies_seen: usize,
+}
+
+impl KafkaSinkWriter {
+    fn sink(&mut self) -> &mut TwoPhaseCommitSink {
+        self.sink.as_mut().expect("sink used after close")
+    }
+
+    fn record_latencies(&mut self) {
+        let Some(sink) = self.sink.as_ref() else { return };
+        let m = sink.metrics();
+        // The sink keeps its most recent latencies; take the ones not seen yet.
+        let total = m.commits as usize;
+        let new = total.saturating_sub(self.latencies_seen).min(m.commit_latency_us.len());
+        for us in &m.commit_latency_us[m.commit_latency_us.len() - new..] {
+            self.commit_latency_ms.observe(*us as f64 / 1e3);
+        }
+        self.latencies_seen = total;
+    }
+}
+
+impl SinkWriter for KafkaSinkWriter {
+    fn write<'a>(&'a mut self, records: &'a mut Vec<OutputRecord>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            for r in records.drain(..) {
+                let topic = match r.target {
+                    Target::Main => self.topic.clone(),
+                    Target::DeadLetter | Target::Late => match &self.dead_letter_topic {
+                        Some(t) => t.clone(),
+                        None => {
+                            self.dropped_dead_letters.add(1);
+                            tracing::warn!("a dead letter was not written: no dead-letter topic is configured");
+                            continue;
+                        }
+                    },
+                };
+                let record = ProducerRecord { topic, key: r.key, value: r.value, headers: r.headers, ..ProducerRecord::default() };
+                self.sink().send(record).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<Vec<u8>, RuntimeError>> {
+        Box::pin(async move {
+            self.sink().poll_commits()?;
+            let committables = self.sink().prepare(checkpoint_id).await?;
+            Ok(serde_json::to_vec(&committables).expect("committables serialize"))
+        })
+    }
+
+    fn commit_up_to(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            self.sink().poll_commits()?;
+            self.record_latencies();
+            self.sink().commit_up_to(checkpoint_id)?;
+            Ok(())
+        })
+    }
+
+    fn flush_commits(&mut self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            self.sink().wait_for_commits().await?;
+            self.record_latencies();
+            Ok(())
+        })
+    }
+
+    fn close(mut self: Box<Self>) -> BoxFuture<'static, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            if let Some(sink) = self.sink.take() {
+                sink.close(CloseMode::Graceful).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn writable(&self) -> bool {
+        self.sink.as_ref().is_some_and(TwoPhaseCommitSink::is_writable)
+    }
+}
