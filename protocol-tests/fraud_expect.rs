@@ -403,6 +403,14 @@ pub async fn create_kept_topic(client: &Client, prefix: &str, partitions: i32) -
 /// Writes `inputs` to `topic` with the idempotent producer, keyed by user id (the producer's
 /// murmur2 partitioner), timestamped with the event time; fails on any error.
 pub async fn write_input(client: &Client, topic: &str, inputs: &[CardTxn]) {
+    write_input_paced(client, topic, inputs, Duration::ZERO).await;
+}
+
+/// [`write_input`], spread evenly over `over` (in slices every 100 ms, each acknowledged
+/// before the next): the input keeps arriving while a job runs, crashes and restarts, so that
+/// kills land while it is processing. Production order is kept, so no record gets late.
+pub async fn write_input_paced(client: &Client, topic: &str, inputs: &[CardTxn], over: Duration) {
+    const TICK_MS: u64 = 100;
     let producer = Producer::new(
         client.clone(),
         ProducerConfig {
@@ -412,29 +420,33 @@ pub async fn write_input(client: &Client, topic: &str, inputs: &[CardTxn]) {
     )
     .await
     .unwrap_or_else(|e| panic!("idempotent producer for {topic}: {e}"));
-    // Acknowledgements are awaited in chunks so that the pending futures stay bounded.
-    let mut pending = Vec::with_capacity(10_000);
-    for r in inputs {
-        let mut record = ProducerRecord::new(topic, r.to_json()).with_key(r.key());
-        record.timestamp_ms = Some(r.ts);
-        pending.push(
-            producer
-                .send(record)
-                .await
-                .unwrap_or_else(|e| panic!("send input to {topic}: {e}")),
-        );
-        if pending.len() == 10_000 {
-            for d in pending.drain(..) {
-                d.await.unwrap_or_else(|e| panic!("input to {topic}: {e}"));
-            }
+    let ticks = (over.as_millis() as u64 / TICK_MS).max(1) as usize;
+    // Acknowledgements are awaited per slice (at most 10,000 records) so that the pending
+    // futures stay bounded.
+    let slice = inputs.len().div_ceil(ticks).clamp(1, 10_000);
+    let start = tokio::time::Instant::now();
+    for (i, chunk) in inputs.chunks(slice).enumerate() {
+        if !over.is_zero() {
+            tokio::time::sleep_until(start + Duration::from_millis(i as u64 * TICK_MS)).await;
         }
-    }
-    producer
-        .flush()
-        .await
-        .unwrap_or_else(|e| panic!("flush input to {topic}: {e}"));
-    for d in pending {
-        d.await.unwrap_or_else(|e| panic!("input to {topic}: {e}"));
+        let mut pending = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let mut record = ProducerRecord::new(topic, r.to_json()).with_key(r.key());
+            record.timestamp_ms = Some(r.ts);
+            pending.push(
+                producer
+                    .send(record)
+                    .await
+                    .unwrap_or_else(|e| panic!("send input to {topic}: {e}")),
+            );
+        }
+        producer
+            .flush()
+            .await
+            .unwrap_or_else(|e| panic!("flush input to {topic}: {e}"));
+        for d in pending {
+            d.await.unwrap_or_else(|e| panic!("input to {topic}: {e}"));
+        }
     }
 }
 

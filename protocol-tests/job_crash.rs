@@ -43,8 +43,8 @@ use rand::{Rng as _, SeedableRng as _};
 use common::{brokers, client, exactly_bin, read_all, repo_root, unique_topic};
 use fraud_expect::{
     assert_nothing_open, compare_output, create_kept_topic, expected_alerts, generate, left_open,
-    left_open_within, list_transactions, max_disorder_ms, open_transactions, write_input, Alert,
-    FraudParams, InputSpec, ListedTxn,
+    left_open_within, list_transactions, max_disorder_ms, open_transactions, write_input,
+    write_input_paced, Alert, FraudParams, InputSpec, ListedTxn,
 };
 
 /// One job test at a time (see the module docs). A tokio mutex: it does not depend on the
@@ -233,6 +233,7 @@ impl JobRun {
             .env_remove("EXACTLY_FAULT_POINT")
             .env_remove("EXACTLY_FAULT_AFTER")
             .env_remove("EXACTLY_BROKERS")
+            .env("NO_COLOR", "1")
             .env(
                 "EXACTLY_LOG",
                 std::env::var("EXACTLY_JOB_LOG").unwrap_or_else(|_| "info".into()),
@@ -485,13 +486,14 @@ async fn fixture_staged(test: &str, seed: u64, records: usize, write_now: usize)
 }
 
 impl Fixture {
-    /// Writes the pending records in the background (while a job runs: new windows fire, so
-    /// its sink has transactions open while the test watches). In production order after the
-    /// records written before, so none of them is late.
-    fn write_rest(&mut self) -> tokio::task::JoinHandle<()> {
+    /// Writes the pending records in the background, spread over `over` (while a job runs:
+    /// it is processing when it is killed, and new windows fire, so its sink has transactions
+    /// open while the test watches). In production order after the records written before,
+    /// so none of them is late.
+    fn write_rest(&mut self, over: Duration) -> tokio::task::JoinHandle<()> {
         let rest = std::mem::take(&mut self.pending);
         let (client, input) = (self.client.clone(), self.input.clone());
-        tokio::spawn(async move { write_input(&client, &input, &rest).await })
+        tokio::spawn(async move { write_input_paced(&client, &input, &rest, over).await })
     }
 }
 
@@ -552,7 +554,8 @@ fn print_metrics(context: &str, stdout: &str) {
             if visible.is_empty() {
                 eprintln!("[{context}] no 'visible after barrier' figure in the metrics line");
             }
-            for (k, v) in visible {
+            let commit = m.iter().filter(|(k, _)| k.starts_with("commit_latency"));
+            for (k, v) in visible.into_iter().chain(commit) {
                 eprintln!("[{context}] FIGURE {k} = {v}");
             }
         }
@@ -564,7 +567,11 @@ fn print_metrics(context: &str, stdout: &str) {
 /// what was written, in a single uninterrupted run).
 fn check_records_in(context: &str, stdout: &str, records: usize) {
     if let Some(n) = metrics_line(stdout)
-        .and_then(|m| m.get("records_in").cloned())
+        .and_then(|m| {
+            m.get("records_in")
+                .or_else(|| m.get("records_in_total"))
+                .cloned()
+        })
         .and_then(|v| v.as_u64())
     {
         assert_eq!(
@@ -884,7 +891,10 @@ async fn job_crash_kill_and_fault_points() {
     let _lock = JOB_LOCK.lock().await;
     let seed = env_usize("EXACTLY_CRASH_SEED", 2) as u64;
     let records = env_usize("EXACTLY_CRASH_RECORDS", 120_000).max(100_000);
-    let f = fixture("job-crash", seed, records).await;
+    // A tenth of the input first; the rest arrives steadily over the first minute of the
+    // crashes, so that kills and fault points land while the job is processing.
+    let mut f = fixture_staged("job-crash", seed, records, records / 10).await;
+    let writer = f.write_rest(Duration::from_secs(60));
     let prefix = unique_topic("crash");
     let spec = JobSpec::new(&f.input, &f.output, f.dir.join("checkpoints"), &prefix);
 
@@ -966,6 +976,8 @@ async fn job_crash_kill_and_fault_points() {
         );
     }
 
+    // The final run is bounded: it must see the whole input.
+    writer.await.expect("write the input");
     let mut last = JobRun::spawn(&spec, &f.dir, "final", true, None);
     let stdout = last.expect_success(Duration::from_secs(240)).await;
     print_metrics("job-crash final run", &stdout);
@@ -1005,7 +1017,7 @@ async fn job_rescale_3_to_2_aborts_vanished_subtask_transactions() {
     let mut rest = None;
     for attempt in 0..5 {
         let mut run = JobRun::spawn(&spec, &f.dir, &format!("p3-{attempt}"), false, None);
-        rest.get_or_insert_with(|| f.write_rest());
+        rest.get_or_insert_with(|| f.write_rest(Duration::from_secs(20)));
         lingering = kill_with_ongoing(
             &f.client,
             &mut run,
@@ -1073,7 +1085,7 @@ async fn job_rescale_1_to_3_then_crash_then_2() {
     let mut rest = None;
     for attempt in 0..5 {
         let mut run = JobRun::spawn(&spec, &f.dir, &format!("p1-{attempt}"), false, None);
-        rest.get_or_insert_with(|| f.write_rest());
+        rest.get_or_insert_with(|| f.write_rest(Duration::from_secs(20)));
         lingering = kill_with_ongoing(
             &f.client,
             &mut run,
@@ -1152,14 +1164,18 @@ enum Damage {
 async fn corruption_case(damage: Damage, seed: u64) {
     let _lock = JOB_LOCK.lock().await;
     let test = format!("job-corrupt-{damage:?}").to_lowercase();
-    let f = fixture(&test, seed, 30_000).await;
-    let prefix = unique_topic("corrupt");
+    // The input keeps arriving while the first run checkpoints, so the damaged checkpoint's
+    // transactions hold alerts that the fallback must produce again.
+    let mut f = fixture_staged(&test, seed, 30_000, 5_000).await;
+    // Not "corrupt-...": the prefix is in the job's logs, and the test looks for that word.
+    let prefix = unique_topic("damaged");
     let spec = JobSpec::new(&f.input, &f.output, f.dir.join("checkpoints"), &prefix);
     let fault = Fault {
         point: "after-complete",
         after: 3,
     };
     let mut run = JobRun::spawn(&spec, &f.dir, "first", false, Some(fault));
+    let writer = f.write_rest(Duration::from_secs(8));
     match run.wait_for(Duration::from_secs(60)).await {
         Some(Ended::Signaled(SIGABRT)) => {}
         other => {
@@ -1185,9 +1201,23 @@ async fn corruption_case(damage: Damage, seed: u64) {
         previous.path.display()
     );
 
+    writer.await.expect("write the input");
     let mut run = JobRun::spawn(&spec, &f.dir, "restart", true, None);
     let stdout = run.expect_success(Duration::from_secs(240)).await;
     let stderr = run.stderr();
+    let restored_from = metrics_line(&stdout).and_then(|m| m.get("restored_from").cloned());
+    eprintln!("[{test}] the restart restored from {restored_from:?}");
+    if let Some(id) = restored_from {
+        assert_eq!(
+            id.as_u64(),
+            Some(previous.id),
+            "the restart must resume from the previous complete checkpoint {} (the newest, {}, \
+             is damaged)\n{}",
+            previous.path.display(),
+            newest.path.display(),
+            run.describe()
+        );
+    }
     let newest_name = newest
         .path
         .file_name()
