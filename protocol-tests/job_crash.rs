@@ -180,6 +180,8 @@ struct JobRun {
     child: Child,
     label: String,
     started: Instant,
+    /// Wall-clock start, to compare with checkpoint file times.
+    started_at: SystemTime,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
     ended: Option<Ended>,
@@ -252,6 +254,7 @@ impl JobRun {
             child,
             label: label.to_owned(),
             started: Instant::now(),
+            started_at: SystemTime::now(),
             stdout_path,
             stderr_path,
             ended: None,
@@ -581,13 +584,15 @@ fn check_records_in(context: &str, stdout: &str, records: usize) {
     }
 }
 
-/// Kills `run` as soon as ListTransactions shows an `Ongoing` transaction whose id starts with
-/// `id_head` (at most `timeout`), and returns the ones still `Ongoing` after the kill (those
-/// are lingering: the job can no longer end them). Empty when none was seen in time or it
-/// ended between the look and the kill.
+/// Kills `run` as soon as it has completed a checkpoint (so that a restart restores one of this
+/// run's checkpoints, with its owner map) and ListTransactions shows an `Ongoing` transaction
+/// whose id starts with `id_head` (at most `timeout`), and returns the ones still `Ongoing`
+/// after the kill (those are lingering: the job can no longer end them). Empty when none was
+/// seen in time or it ended between the look and the kill.
 async fn kill_with_ongoing(
     client: &Client,
     run: &mut JobRun,
+    checkpoint_dir: &Path,
     prefix: &str,
     id_head: &str,
     timeout: Duration,
@@ -606,7 +611,9 @@ async fn kill_with_ongoing(
                 run.describe()
             );
         }
-        if !ongoing(list_transactions(client, prefix).await).is_empty() {
+        if checkpointed_since(checkpoint_dir, run.started_at)
+            && !ongoing(list_transactions(client, prefix).await).is_empty()
+        {
             break;
         }
         if Instant::now() >= deadline {
@@ -1021,6 +1028,7 @@ async fn job_rescale_3_to_2_aborts_vanished_subtask_transactions() {
         lingering = kill_with_ongoing(
             &f.client,
             &mut run,
+            &spec.checkpoint_dir,
             &prefix,
             &vanished,
             Duration::from_secs(60),
@@ -1066,7 +1074,81 @@ async fn job_rescale_3_to_2_aborts_vanished_subtask_transactions() {
     );
     let stdout = run.expect_success(Duration::from_secs(240)).await;
     print_metrics("job-rescale-down", &stdout);
+    assert_restored(&stdout, "the restart at parallelism 2", &run);
     assert_exact(&f, &prefix, "rescale 3 -> 2").await;
+}
+
+/// Acceptance 3, downscale at the worst moment: parallelism 3 aborts itself right after its
+/// second checkpoint is durable and before it commits, so the checkpoint holds prepared
+/// transactions of subtask 2; the restart at parallelism 2 must commit them (the surviving
+/// subtasks own the vanished one's ids) and abort what came after; the output is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_rescale_3_to_2_after_checkpoint_complete() {
+    let _lock = JOB_LOCK.lock().await;
+    let mut f = fixture_staged("job-rescale-prepared", 8, 60_000, 15_000).await;
+    let prefix = unique_topic("prepared");
+    let mut spec = JobSpec::new(&f.input, &f.output, f.dir.join("checkpoints"), &prefix);
+    spec.transaction_timeout_ms = 600_000;
+    spec.parallelism = 3;
+    let fault = Fault {
+        point: "after-complete",
+        after: 2,
+    };
+    let writer = f.write_rest(Duration::from_secs(20));
+    // Until an abort leaves a transaction of subtask 2 open (the durable checkpoint's prepared
+    // ones, with alerts in them): which windows fire before a given checkpoint varies.
+    let vanished = format!("{prefix}-2-");
+    let mut open = Vec::new();
+    for attempt in 0..5 {
+        let label = format!("p3-{attempt}");
+        let mut run = JobRun::spawn(&spec, &f.dir, &label, false, Some(fault));
+        match run.wait_for(Duration::from_secs(60)).await {
+            Some(Ended::Signaled(SIGABRT)) => {}
+            other => {
+                run.kill();
+                panic!(
+                    "{label} should abort at {fault:?}, ended {other:?}\n{}",
+                    run.describe()
+                )
+            }
+        }
+        open = open_transactions(&f.client, &prefix).await;
+        eprintln!("[job-rescale-prepared] open at the abort of {label}: {open:?}");
+        assert_committed_prefix(&f, &format!("after the abort of {label}")).await;
+        if open
+            .iter()
+            .any(|t| t.transactional_id.starts_with(&vanished))
+        {
+            break;
+        }
+    }
+    assert!(
+        open.iter()
+            .any(|t| t.transactional_id.starts_with(&vanished)),
+        "no abort left a transaction of subtask 2 open: the test could not set up its case"
+    );
+    writer.await.expect("write the rest of the input");
+
+    spec.parallelism = 2;
+    let mut run = JobRun::spawn(&spec, &f.dir, "p2", true, None);
+    let stdout = run.expect_success(Duration::from_secs(240)).await;
+    print_metrics("job-rescale-prepared", &stdout);
+    assert_restored(&stdout, "the restart at parallelism 2", &run);
+    assert_exact(&f, &prefix, "rescale 3 -> 2 after checkpoint complete").await;
+}
+
+/// Fails unless the run's metrics line says it restored a checkpoint (`restored_from`), when
+/// the line has that field.
+fn assert_restored(stdout: &str, what: &str, run: &JobRun) {
+    if let Some(m) = metrics_line(stdout) {
+        if let Some(v) = m.get("restored_from") {
+            assert!(
+                v.is_u64(),
+                "{what} restored no checkpoint (restored_from = {v})\n{}",
+                run.describe()
+            );
+        }
+    }
 }
 
 /// Acceptance 3, upscale: parallelism 1 killed with a transaction open; restarted at 3 (the
@@ -1089,6 +1171,7 @@ async fn job_rescale_1_to_3_then_crash_then_2() {
         lingering = kill_with_ongoing(
             &f.client,
             &mut run,
+            &spec.checkpoint_dir,
             &prefix,
             &format!("{prefix}-0-"),
             Duration::from_secs(60),
@@ -1130,6 +1213,7 @@ async fn job_rescale_1_to_3_then_crash_then_2() {
     let orphans = kill_with_ongoing(
         &f.client,
         &mut run,
+        &spec.checkpoint_dir,
         &prefix,
         &format!("{prefix}-2-"),
         Duration::from_secs(60),
