@@ -1398,3 +1398,103 @@ async fn job_corrupt_checkpoint_flipped_bytes() {
 async fn job_corrupt_checkpoint_metadata_removed() {
     corruption_case(Damage::RemoveMetadata, 7).await;
 }
+
+/// Acceptance 7, measured from outside the job (the job's metrics line has no "visible after
+/// barrier" figure yet): the input arrives steadily for 20 s while the job runs unbounded with
+/// a checkpoint a second; the test watches the checkpoint directory and the output's last
+/// stable offsets every 10 ms. For each checkpoint whose commit moved an LSO, the figure is
+/// the time from the checkpoint directory's first appearance (its first snapshot, right after
+/// the barrier passed a subtask) to the first LSO move after its metadata appeared: when the
+/// alerts of that checkpoint became visible to `read_committed` readers. Printed (p50, p99,
+/// max, and the target: interval + 100 ms), never asserted. Then the job is finished bounded
+/// and its output checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_visibility_after_barrier() {
+    use exactly::client::admin::{Admin, OffsetSpec};
+    let _lock = JOB_LOCK.lock().await;
+    let mut f = fixture_staged("job-visible", 9, 60_000, 3_000).await;
+    let prefix = unique_topic("visible");
+    let spec = JobSpec::new(&f.input, &f.output, f.dir.join("checkpoints"), &prefix);
+    let mut run = JobRun::spawn(&spec, &f.dir, "watched", false, None);
+    let writer = f.write_rest(Duration::from_secs(20));
+    let admin = Admin::new(f.client.clone());
+    let origin = Instant::now();
+    let mut first_seen: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut complete_seen: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut lso_moves: Vec<Duration> = Vec::new();
+    let mut last_lso = vec![0i64; OUTPUT_PARTITIONS as usize];
+    let watch_until = origin + Duration::from_secs(24);
+    while Instant::now() < watch_until {
+        if let Some(e) = run.poll() {
+            panic!("the watched run ended ({e:?})\n{}", run.describe());
+        }
+        let now = origin.elapsed();
+        for c in checkpoints(&spec.checkpoint_dir) {
+            first_seen.entry(c.id).or_insert(now);
+            if c.metadata.is_some() {
+                complete_seen.entry(c.id).or_insert(now);
+            }
+        }
+        let mut moved = false;
+        for (p, last) in last_lso.iter_mut().enumerate() {
+            let lso = admin
+                .list_offset(
+                    &f.output,
+                    p as i32,
+                    OffsetSpec::Latest,
+                    Isolation::ReadCommitted,
+                )
+                .await
+                .expect("list the LSO");
+            moved |= lso > *last;
+            *last = lso.max(*last);
+        }
+        if moved {
+            lso_moves.push(origin.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(run.kill(), None, "the watched run ended by itself");
+    writer.await.expect("write the rest of the input");
+
+    // Each LSO move belongs to the newest checkpoint complete before it; the first move per
+    // checkpoint is when its output became visible.
+    let mut visible_ms: Vec<u128> = Vec::new();
+    let mut counted = std::collections::BTreeSet::new();
+    for t in &lso_moves {
+        let Some((&id, _)) = complete_seen.iter().rev().find(|(_, c)| *c <= t) else {
+            continue;
+        };
+        if counted.insert(id) {
+            if let Some(start) = first_seen.get(&id) {
+                visible_ms.push(t.saturating_sub(*start).as_millis());
+            }
+        }
+    }
+    visible_ms.sort_unstable();
+    let pct = |q: f64| {
+        visible_ms
+            .get(((visible_ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    eprintln!(
+        "[job-visible] FIGURE output visible after barrier (external estimate, ±10 ms polling): \
+         {} checkpoints with output of {} complete; p50 {:?} ms, p99 {:?} ms, max {:?} ms; \
+         target: checkpoint interval + 100 ms = {} ms; all: {visible_ms:?}",
+        visible_ms.len(),
+        complete_seen.len(),
+        pct(0.5),
+        pct(0.99),
+        visible_ms.last(),
+        spec.checkpoint_interval_ms + 100
+    );
+    assert!(
+        !visible_ms.is_empty(),
+        "no checkpoint's output became visible while watched: nothing measured"
+    );
+
+    let mut run = JobRun::spawn(&spec, &f.dir, "bounded", true, None);
+    let stdout = run.expect_success(Duration::from_secs(240)).await;
+    print_metrics("job-visible", &stdout);
+    assert_exact(&f, &prefix, "visibility run").await;
+}
