@@ -16,6 +16,11 @@
 //! Needs a broker (`EXACTLY_TEST_BROKERS`, or the project's `scripts/kafka`) and fails without
 //! one. `cargo test --test job_crash harness_` runs the harness's own tests, which do not need
 //! the job.
+//!
+//! Environment: `EXACTLY_JOB_BIN` runs another build of the job (e.g. `target/release/exactly`;
+//! by default the debug binary cargo builds for the test), `EXACTLY_JOB_LOG` sets the
+//! children's log filter (default `info`), `EXACTLY_CRASH_RECORDS` / `EXACTLY_CRASH_SEED` the
+//! crash test's input size (at least 100,000) and seed.
 
 #[path = "common.rs"]
 #[allow(dead_code)]
