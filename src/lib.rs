@@ -36,6 +36,8 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+// `unsafe` lives in one module (`runtime::state::mmap`, memory-mapped snapshots), which allows it.
+#![deny(unsafe_code)]
 // Without `internals`, the codec's and the connection's `pub` items are crate-visible only; the
 // lint is meaningful where they are public.
 #![cfg_attr(feature = "internals", warn(unreachable_pub))]
@@ -46,9 +48,9 @@ pub mod client;
 pub mod connection;
 #[cfg(not(feature = "internals"))]
 mod connection;
+pub mod jobs;
 #[cfg(feature = "internals")]
 pub mod protocol;
 #[cfg(not(feature = "internals"))]
 mod protocol;
-pub mod jobs;
 pub mod runtime;

@@ -646,7 +646,7 @@ fn offset_commit_result(response: &OffsetCommitResponse) -> Result<(), ClientErr
 }
 
 #[cfg(test)]
-mod tests {
+mod transaction_and_version_tests {
     use super::*;
 
     #[test]

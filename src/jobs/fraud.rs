@@ -55,7 +55,12 @@ pub struct FraudConfig {
 
 impl Default for FraudConfig {
     fn default() -> Self {
-        Self { window_ms: 60_000, threshold: 10, out_of_orderness_ms: 5_000, idle_timeout_ms: 30_000 }
+        Self {
+            window_ms: 60_000,
+            threshold: 10,
+            out_of_orderness_ms: 5_000,
+            idle_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -67,7 +72,12 @@ pub fn parse(value: Option<&[u8]>) -> Result<CardTxn, String> {
 
 /// The alert of one window result.
 pub fn alert(r: &WindowResult<u64, u64>) -> Alert {
-    Alert { user_id: r.key, window_start: r.window.start, window_end: r.window.end, count: r.result }
+    Alert {
+        user_id: r.key,
+        window_start: r.window.start,
+        window_end: r.window.end,
+        count: r.result,
+    }
 }
 
 /// The job from `source` to `sink`.
@@ -82,7 +92,10 @@ pub fn build(
         .deserialize(|r| parse(r.record.value.as_deref()))
         .timestamps(
             |t: &CardTxn| t.ts,
-            WatermarkConfig { out_of_orderness_ms: fraud.out_of_orderness_ms, idle_timeout_ms: Some(fraud.idle_timeout_ms as i64) },
+            WatermarkConfig {
+                out_of_orderness_ms: fraud.out_of_orderness_ms,
+                idle_timeout_ms: Some(fraud.idle_timeout_ms as i64),
+            },
         )
         .key_by(|t: &CardTxn| t.user_id)
         .window(Windows::tumbling(fraud.window_ms))
@@ -90,7 +103,10 @@ pub fn build(
         .filter(move |r| r.result > threshold)
         .sink(sink, |r| {
             let a = alert(r);
-            (Some(Bytes::from(a.user_id.to_string())), Bytes::from(serde_json::to_vec(&a).expect("alert serialize")))
+            (
+                Some(Bytes::from(a.user_id.to_string())),
+                Bytes::from(serde_json::to_vec(&a).expect("alert serialize")),
+            )
         })
 }
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::RuntimeError;
 use super::source::{SourcePoll, SourceRecord, SplitOffset};
+use super::RuntimeError;
 use crate::client::types::{Record, RecordHeader};
 
 /// A boxed, sendable future.
@@ -26,14 +26,20 @@ pub trait SourceReader: Send + 'static {
     /// # Cancel safety
     /// Implementations must be cancel safe: the task polls it in a `select!` with checkpoint
     /// triggers, and a dropped poll must lose and duplicate nothing.
-    fn poll<'a>(&'a mut self, out: &'a mut Vec<SourceRecord>) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>>;
+    fn poll<'a>(
+        &'a mut self,
+        out: &'a mut Vec<SourceRecord>,
+    ) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>>;
     /// How many splits this reader reads (split indexes in [`SourceRecord`] are below it).
     fn split_count(&self) -> usize;
     /// The position after the last record handed out, per split.
     fn positions(&self) -> Vec<SplitOffset>;
     /// A checkpoint holding `positions` is complete (e.g. commit them to a group for lag
     /// monitoring). The default does nothing.
-    fn checkpoint_complete(&mut self, _positions: Vec<SplitOffset>) -> BoxFuture<'_, Result<(), RuntimeError>> {
+    fn checkpoint_complete(
+        &mut self,
+        _positions: Vec<SplitOffset>,
+    ) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -41,12 +47,15 @@ pub trait SourceReader: Send + 'static {
 /// Creates the source's subtask readers.
 pub trait SourceFactory: Send + Sync + 'static {
     /// The reader of `subtask` of `parallelism`, starting at the restored positions (of every
-    /// split of the job, whatever parallelism wrote them; each reader takes its own).
+    /// split of the job, whatever parallelism wrote them; each reader takes its own). With
+    /// `stop_at`, the reader is bounded at those positions (a split not listed reads nothing):
+    /// the runtime replays up to a checkpoint's positions with it.
     fn create(
         &self,
         subtask: usize,
         parallelism: usize,
         restored: Vec<SplitOffset>,
+        stop_at: Option<Vec<SplitOffset>>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>>;
 }
 
@@ -77,10 +86,17 @@ pub struct OutputRecord {
 /// One sink subtask's writer, driven by the keyed subtask it is chained to.
 pub trait SinkWriter: Send + 'static {
     /// Writes (drains) `records` into the current transaction / epoch.
-    fn write<'a>(&'a mut self, records: &'a mut Vec<OutputRecord>) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    fn write<'a>(
+        &'a mut self,
+        records: &'a mut Vec<OutputRecord>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
     /// The barrier of checkpoint `checkpoint_id` passed: make what was written durable but
-    /// invisible (prepare) and return what must be stored with the checkpoint to finish it.
-    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<Vec<u8>, RuntimeError>>;
+    /// invisible (prepare) and return what must be stored with the checkpoint to finish it (a
+    /// JSON document: it is kept in the checkpoint's metadata, small and readable).
+    fn prepare(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>>;
     /// Checkpoint `checkpoint_id` is complete: make everything prepared up to it visible.
     /// Should not wait for the commits; their errors surface in a later call.
     fn commit_up_to(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<(), RuntimeError>>;
@@ -114,19 +130,26 @@ pub trait SinkFactory: Send + Sync + 'static {
     /// what every subtask's [`SinkWriter::prepare`] returned) and clean up what it does not know.
     fn recover<'a>(
         &'a self,
-        committables: Vec<Vec<u8>>,
+        committables: Vec<serde_json::Value>,
         properties: &'a BTreeMap<String, String>,
         parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>>;
     /// Checks the sink's settings against the job's checkpoint settings (e.g. a transaction
     /// timeout that outlasts a checkpoint), before anything runs.
-    fn validate<'a>(&'a self, _checkpoint: &'a super::job::CheckpointConfig) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn validate<'a>(
+        &'a self,
+        _checkpoint: &'a super::job::CheckpointConfig,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async { Ok(()) })
     }
     /// Properties to keep in every checkpoint (e.g. the owner map of transactional ids).
     fn properties(&self, parallelism: usize) -> BTreeMap<String, String>;
     /// The writer of `subtask`.
-    fn create(&self, subtask: usize, parallelism: usize) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>>;
+    fn create(
+        &self,
+        subtask: usize,
+        parallelism: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>>;
 }
 
 /// The topic name of the in-memory source's splits (partition i is split i).
@@ -142,13 +165,17 @@ pub struct MemorySource {
 impl MemorySource {
     /// A source over `splits` (split i is partition i of [`MEMORY_TOPIC`]), handing out `batch` records per poll.
     pub fn new(splits: Vec<Vec<Record>>, batch: usize) -> Self {
-        Self { splits: Arc::new(splits), batch: batch.max(1) }
+        Self {
+            splits: Arc::new(splits),
+            batch: batch.max(1),
+        }
     }
 }
 
 struct MemoryReader {
     splits: Arc<Vec<Vec<Record>>>,
-    mine: Vec<(usize, usize)>,
+    /// (split, next, end)
+    mine: Vec<(usize, usize, usize)>,
     batch: usize,
     next: usize,
 }
@@ -159,33 +186,48 @@ impl SourceFactory for MemorySource {
         subtask: usize,
         parallelism: usize,
         restored: Vec<SplitOffset>,
+        stop_at: Option<Vec<SplitOffset>>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>> {
-        let mine = (0..self.splits.len())
+        let find = |list: &[SplitOffset], s: usize| {
+            list.iter()
+                .find(|p| p.topic == MEMORY_TOPIC && p.partition == s as i32)
+                .map(|p| p.next_offset as usize)
+        };
+        let mine: Vec<(usize, usize, usize)> = (0..self.splits.len())
             .filter(|s| s % parallelism == subtask)
             .map(|s| {
-                let at = restored
-                    .iter()
-                    .find(|p| p.topic == MEMORY_TOPIC && p.partition == s as i32)
-                    .map_or(0, |p| p.next_offset as usize);
-                (s, at)
+                let at = find(&restored, s).unwrap_or(0);
+                let end = match &stop_at {
+                    Some(stop) => find(stop, s).unwrap_or(at).min(self.splits[s].len()),
+                    None => self.splits[s].len(),
+                };
+                (s, at, end)
             })
             .collect();
-        let reader = MemoryReader { splits: self.splits.clone(), mine, batch: self.batch, next: 0 };
+        let reader = MemoryReader {
+            splits: self.splits.clone(),
+            mine,
+            batch: self.batch,
+            next: 0,
+        };
         Box::pin(async move { Ok(Box::new(reader) as Box<dyn SourceReader>) })
     }
 }
 
 impl SourceReader for MemoryReader {
-    fn poll<'a>(&'a mut self, out: &'a mut Vec<SourceRecord>) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>> {
+    fn poll<'a>(
+        &'a mut self,
+        out: &'a mut Vec<SourceRecord>,
+    ) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>> {
         // Synchronous, so trivially cancel safe: nothing happens before the future is polled.
         Box::pin(async move {
             for _ in 0..self.mine.len() {
                 let i = self.next % self.mine.len();
                 self.next += 1;
-                let (s, at) = self.mine[i];
+                let (s, at, stop) = self.mine[i];
                 let split = &self.splits[s];
-                if at < split.len() {
-                    let end = (at + self.batch).min(split.len());
+                if at < stop {
+                    let end = (at + self.batch).min(stop);
                     let topic: Arc<str> = Arc::from(MEMORY_TOPIC);
                     out.extend(split[at..end].iter().map(|r| SourceRecord {
                         split: i,
@@ -206,7 +248,11 @@ impl SourceReader for MemoryReader {
     fn positions(&self) -> Vec<SplitOffset> {
         self.mine
             .iter()
-            .map(|(s, at)| SplitOffset { topic: MEMORY_TOPIC.into(), partition: *s as i32, next_offset: *at as i64 })
+            .map(|(s, at, _)| SplitOffset {
+                topic: MEMORY_TOPIC.into(),
+                partition: *s as i32,
+                next_offset: *at as i64,
+            })
             .collect()
     }
 }
@@ -229,12 +275,15 @@ struct MemoryShared {
     done: std::collections::BTreeSet<(usize, u64)>,
 }
 
+type MemoryRecord = (Option<Vec<u8>>, Option<Vec<u8>>, u8);
+
 /// What a memory sink stores in a checkpoint for one prepared epoch.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct MemoryCommittable {
     subtask: usize,
     checkpoint: u64,
-    records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, u8)>,
+    /// (key, value, target code)
+    records: Vec<MemoryRecord>,
 }
 
 fn target_code(t: Target) -> u8 {
@@ -257,12 +306,19 @@ impl MemorySink {
     /// A sink that commits nothing it is given (benchmarks, and replays whose output is
     /// already committed).
     pub fn discarding() -> Self {
-        Self { discard: true, ..Self::default() }
+        Self {
+            discard: true,
+            ..Self::default()
+        }
     }
 
     /// The committed records so far.
     pub fn committed(&self) -> Vec<OutputRecord> {
-        self.shared.lock().expect("memory sink lock").committed.clone()
+        self.shared
+            .lock()
+            .expect("memory sink lock")
+            .committed
+            .clone()
     }
 
     fn commit(&self, subtask: usize, checkpoint: u64, records: Vec<OutputRecord>) -> bool {
@@ -287,21 +343,28 @@ struct MemoryWriter {
 impl SinkFactory for MemorySink {
     fn recover<'a>(
         &'a self,
-        committables: Vec<Vec<u8>>,
+        committables: Vec<serde_json::Value>,
         _properties: &'a BTreeMap<String, String>,
         _parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
         Box::pin(async move {
             let mut report = SinkRecovery::default();
-            for bytes in committables {
-                let list: Vec<MemoryCommittable> = serde_json::from_slice(&bytes).map_err(|e| {
-                    RuntimeError::CorruptCheckpoint { path: "memory sink committable".into(), reason: e.to_string() }
-                })?;
+            for value in committables {
+                let list: Vec<MemoryCommittable> =
+                    serde_json::from_value(value).map_err(|e| RuntimeError::CorruptCheckpoint {
+                        path: "memory sink committable".into(),
+                        reason: e.to_string(),
+                    })?;
                 for c in list {
                     let records = c
                         .records
                         .into_iter()
-                        .map(|(k, v, t)| OutputRecord { target: target_of(t), key: k.map(Bytes::from), value: v.map(Bytes::from), headers: Vec::new() })
+                        .map(|(k, v, t)| OutputRecord {
+                            target: target_of(t),
+                            key: k.map(Bytes::from),
+                            value: v.map(Bytes::from),
+                            headers: Vec::new(),
+                        })
                         .collect();
                     if self.commit(c.subtask, c.checkpoint, records) {
                         report.committed += 1;
@@ -316,14 +379,26 @@ impl SinkFactory for MemorySink {
     fn properties(&self, _parallelism: usize) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
-    fn create(&self, subtask: usize, _parallelism: usize) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
-        let w = MemoryWriter { sink: self.clone(), subtask, open: Vec::new(), prepared: Vec::new() };
+    fn create(
+        &self,
+        subtask: usize,
+        _parallelism: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
+        let w = MemoryWriter {
+            sink: self.clone(),
+            subtask,
+            open: Vec::new(),
+            prepared: Vec::new(),
+        };
         Box::pin(async move { Ok(Box::new(w) as Box<dyn SinkWriter>) })
     }
 }
 
 impl SinkWriter for MemoryWriter {
-    fn write<'a>(&'a mut self, records: &'a mut Vec<OutputRecord>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn write<'a>(
+        &'a mut self,
+        records: &'a mut Vec<OutputRecord>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         if self.sink.discard {
             records.clear();
         } else {
@@ -331,7 +406,10 @@ impl SinkWriter for MemoryWriter {
         }
         Box::pin(async { Ok(()) })
     }
-    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<Vec<u8>, RuntimeError>> {
+    fn prepare(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>> {
         let open = std::mem::take(&mut self.open);
         self.prepared.push((checkpoint_id, open));
         // Every epoch not yet committed goes into the checkpoint, as the Kafka sink does.
@@ -343,15 +421,23 @@ impl SinkWriter for MemoryWriter {
                 checkpoint: *id,
                 records: recs
                     .iter()
-                    .map(|r| (r.key.as_ref().map(|b| b.to_vec()), r.value.as_ref().map(|b| b.to_vec()), target_code(r.target)))
+                    .map(|r| {
+                        (
+                            r.key.as_ref().map(|b| b.to_vec()),
+                            r.value.as_ref().map(|b| b.to_vec()),
+                            target_code(r.target),
+                        )
+                    })
                     .collect(),
             })
             .collect();
-        let bytes = serde_json::to_vec(&list).expect("committable serialize");
-        Box::pin(async move { Ok(bytes) })
+        let value = serde_json::to_value(&list).expect("committable serialize");
+        Box::pin(async move { Ok(value) })
     }
     fn commit_up_to(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<(), RuntimeError>> {
-        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prepared).into_iter().partition(|(id, _)| *id <= checkpoint_id);
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prepared)
+            .into_iter()
+            .partition(|(id, _)| *id <= checkpoint_id);
         self.prepared = later;
         for (id, recs) in ready {
             self.sink.commit(self.subtask, id, recs);

@@ -114,6 +114,15 @@ pub enum RuntimeError {
         reason: String,
     },
     // --- end sink ---
+    // --- state (src/runtime/state): snapshot files and the checkpoint store ---
+    /// State could not be written to a snapshot (serialization failed, a limit was exceeded).
+    #[error("cannot snapshot {what}: {reason}")]
+    SnapshotWrite {
+        /// The section or file being written.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 /// " of checkpoint n", or nothing (sink errors).

@@ -31,7 +31,11 @@ fn armed_point() -> Option<&'static Armed> {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
-            Some(Armed { name, after, hits: AtomicU32::new(0) })
+            Some(Armed {
+                name,
+                after,
+                hits: AtomicU32::new(0),
+            })
         })
         .as_ref()
 }
@@ -40,7 +44,10 @@ fn armed_point() -> Option<&'static Armed> {
 pub fn point(name: &str) {
     if let Some(a) = armed_point() {
         if a.name == name && a.hits.fetch_add(1, Ordering::Relaxed) + 1 == a.after {
-            eprintln!("exactly: fault point {name} reached (hit {}): aborting", a.after);
+            eprintln!(
+                "exactly: fault point {name} reached (hit {}): aborting",
+                a.after
+            );
             std::process::abort();
         }
     }

@@ -11,17 +11,16 @@
 //! Stages are plain `Fn` closures: per-subtask state belongs in keyed state, where checkpoints
 //! see it.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::connector::{OutputRecord, SinkFactory, SourceFactory, Target};
-use super::source::{SourceRecord, WatermarkConfig};
 use super::metrics::Registry;
 use super::operator::{KeyedOperatorFactory, KeyedProcessFunction, ProcessOperator};
-use super::shim::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
+use super::source::{SourceRecord, WatermarkConfig};
+use super::state::{StateKey, StateValue, DEFAULT_KEY_GROUPS};
 use super::window::{AggregateFunction, WindowOperator, WindowResult, Windows};
 use super::RuntimeError;
 use crate::client::types::RecordHeader;
@@ -48,7 +47,13 @@ pub struct CheckpointConfig {
 impl CheckpointConfig {
     /// Defaults (1 s interval, 10 s timeout, keep 3) in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), interval_ms: 1_000, min_pause_ms: 0, timeout_ms: 10_000, retain: 3 }
+        Self {
+            dir: dir.into(),
+            interval_ms: 1_000,
+            min_pause_ms: 0,
+            timeout_ms: 10_000,
+            retain: 3,
+        }
     }
 }
 
@@ -92,26 +97,46 @@ impl JobConfig {
     /// Checks the settings, naming the key that is wrong.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         if self.parallelism == 0 {
-            return Err(RuntimeError::Config { key: "parallelism", reason: "must be at least 1".into() });
+            return Err(RuntimeError::Config {
+                key: "parallelism",
+                reason: "must be at least 1".into(),
+            });
         }
         if usize::from(self.key_groups) < self.parallelism {
             return Err(RuntimeError::Config {
                 key: "key_groups",
-                reason: format!("{} key groups cannot be spread over parallelism {}", self.key_groups, self.parallelism),
+                reason: format!(
+                    "{} key groups cannot be spread over parallelism {}",
+                    self.key_groups, self.parallelism
+                ),
             });
         }
         if self.checkpoint.timeout_ms == 0 {
-            return Err(RuntimeError::Config { key: "checkpoint_timeout_ms", reason: "must be above 0".into() });
+            return Err(RuntimeError::Config {
+                key: "checkpoint_timeout_ms",
+                reason: "must be above 0".into(),
+            });
         }
         if self.exchange_batch_records == 0 || self.exchange_channel_batches == 0 {
-            return Err(RuntimeError::Config { key: "exchange_batch_records", reason: "must be above 0".into() });
+            return Err(RuntimeError::Config {
+                key: "exchange_batch_records",
+                reason: "must be above 0".into(),
+            });
         }
         Ok(())
     }
 }
 
+/// Creates a keyed subtask's operator.
+pub(crate) type OperatorFactory<K, T, O> =
+    Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>> + Send + Sync>;
+
+/// Encodes a result as (key, value).
+pub(crate) type Encoder<O> = Arc<dyn Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync>;
+
 /// A chained stage: takes one input, emits any number of outputs, may emit side records.
-pub(crate) type Chain<A, B> = Arc<dyn Fn(A, &mut dyn FnMut(B), &mut Vec<OutputRecord>) + Send + Sync>;
+pub(crate) type Chain<A, B> =
+    Arc<dyn Fn(A, &mut dyn FnMut(B), &mut Vec<OutputRecord>) + Send + Sync>;
 
 /// The stream before `key_by`: runs in the source subtasks.
 pub struct Stream<T> {
@@ -122,7 +147,11 @@ pub struct Stream<T> {
 
 /// Starts a job.
 pub fn job(config: JobConfig, source: impl SourceFactory) -> Stream<SourceRecord> {
-    Stream { config, source: Arc::new(source), chain: Arc::new(|r, emit, _side| emit(r)) }
+    Stream {
+        config,
+        source: Arc::new(source),
+        chain: Arc::new(|r, emit, _side| emit(r)),
+    }
 }
 
 impl Stream<SourceRecord> {
@@ -138,14 +167,26 @@ impl Stream<SourceRecord> {
             source: self.source,
             chain: Arc::new(move |a, emit, side| {
                 let mut dead = Vec::new();
-                prev(a, &mut |r: SourceRecord| match f(&r) {
-                    Ok(u) => emit(u),
-                    Err(reason) => {
-                        let mut headers = r.record.headers.clone();
-                        headers.push(RecordHeader { key: DEAD_LETTER_REASON_HEADER.into(), value: Some(Bytes::from(reason)) });
-                        dead.push(OutputRecord { target: Target::DeadLetter, key: r.record.key.clone(), value: r.record.value.clone(), headers });
-                    }
-                }, side);
+                prev(
+                    a,
+                    &mut |r: SourceRecord| match f(&r) {
+                        Ok(u) => emit(u),
+                        Err(reason) => {
+                            let mut headers = r.record.headers.clone();
+                            headers.push(RecordHeader {
+                                key: DEAD_LETTER_REASON_HEADER.into(),
+                                value: Some(Bytes::from(reason)),
+                            });
+                            dead.push(OutputRecord {
+                                target: Target::DeadLetter,
+                                key: r.record.key.clone(),
+                                value: r.record.value.clone(),
+                                headers,
+                            });
+                        }
+                    },
+                    side,
+                );
                 side.append(&mut dead);
             }),
         }
@@ -156,7 +197,11 @@ impl<T: 'static> Stream<T> {
     /// Transforms each record.
     pub fn map<U: 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Stream<U> {
         let prev = self.chain;
-        Stream { config: self.config, source: self.source, chain: Arc::new(move |a, emit, side| prev(a, &mut |t| emit(f(t)), side)) }
+        Stream {
+            config: self.config,
+            source: self.source,
+            chain: Arc::new(move |a, emit, side| prev(a, &mut |t| emit(f(t)), side)),
+        }
     }
 
     /// Keeps the records `f` accepts.
@@ -165,20 +210,45 @@ impl<T: 'static> Stream<T> {
         Stream {
             config: self.config,
             source: self.source,
-            chain: Arc::new(move |a, emit, side| prev(a, &mut |t| if f(&t) { emit(t) }, side)),
+            chain: Arc::new(move |a, emit, side| {
+                prev(
+                    a,
+                    &mut |t| {
+                        if f(&t) {
+                            emit(t)
+                        }
+                    },
+                    side,
+                )
+            }),
         }
     }
 
     /// Zero or more outputs per record.
-    pub fn flat_map<U: 'static>(self, f: impl Fn(T, &mut dyn FnMut(U)) + Send + Sync + 'static) -> Stream<U> {
+    pub fn flat_map<U: 'static>(
+        self,
+        f: impl Fn(T, &mut dyn FnMut(U)) + Send + Sync + 'static,
+    ) -> Stream<U> {
         let prev = self.chain;
-        Stream { config: self.config, source: self.source, chain: Arc::new(move |a, emit, side| prev(a, &mut |t| f(t, emit), side)) }
+        Stream {
+            config: self.config,
+            source: self.source,
+            chain: Arc::new(move |a, emit, side| prev(a, &mut |t| f(t, emit), side)),
+        }
     }
 
     /// Event time of each record and the watermark strategy (per source split, combined by
     /// minimum).
-    pub fn timestamps(self, f: impl Fn(&T) -> i64 + Send + Sync + 'static, strategy: WatermarkConfig) -> Timestamped<T> {
-        Timestamped { stream: self, timestamp: Arc::new(f), strategy }
+    pub fn timestamps(
+        self,
+        f: impl Fn(&T) -> i64 + Send + Sync + 'static,
+        strategy: WatermarkConfig,
+    ) -> Timestamped<T> {
+        Timestamped {
+            stream: self,
+            timestamp: Arc::new(f),
+            strategy,
+        }
     }
 }
 
@@ -192,8 +262,14 @@ pub struct Timestamped<T> {
 impl<T: Send + 'static> Timestamped<T> {
     /// Partitions by key: every record of a key reaches the same keyed subtask, through the key
     /// group of the key's stable hash.
-    pub fn key_by<K: StateKey + Ord>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
-        KeyedStream { input: self, key: Arc::new(f) }
+    pub fn key_by<K: StateKey + Ord + Send + 'static>(
+        self,
+        f: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> KeyedStream<K, T> {
+        KeyedStream {
+            input: self,
+            key: Arc::new(f),
+        }
     }
 }
 
@@ -203,22 +279,34 @@ pub struct KeyedStream<K, T> {
     pub(crate) key: Arc<dyn Fn(&T) -> K + Send + Sync>,
 }
 
-impl<K: StateKey + Ord, T: Send + 'static> KeyedStream<K, T> {
+impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> KeyedStream<K, T> {
     /// Event-time windows.
     pub fn window(self, windows: Windows) -> WindowedStream<K, T> {
-        WindowedStream { keyed: self, windows, allowed_lateness_ms: 0 }
+        WindowedStream {
+            keyed: self,
+            windows,
+            allowed_lateness_ms: 0,
+        }
     }
 
     /// A keyed process function (state and timers per key). `make` creates one per subtask.
-    pub fn process<P>(self, make: impl Fn() -> P + Send + Sync + 'static) -> KeyedOutput<K, T, P::Out>
+    pub fn process<P>(
+        self,
+        make: impl Fn() -> P + Send + Sync + 'static,
+    ) -> KeyedOutput<K, T, P::Out>
     where
         P: KeyedProcessFunction<K, T>,
-        P::State: StateValue,
+        P::State: StateValue + Send + 'static,
     {
         let make = Arc::new(make);
-        let factory: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, P::Out>> + Send + Sync> =
-            Arc::new(move |f: KeyedOperatorFactory| Box::new(ProcessOperator::new(make(), f)) as Box<dyn OpInstance<K, T, P::Out>>);
-        KeyedOutput { keyed: self, operator: factory, chain: Arc::new(|o, emit, _| emit(o)) }
+        let factory: OperatorFactory<K, T, P::Out> = Arc::new(move |f: KeyedOperatorFactory| {
+            Box::new(ProcessOperator::new(make(), f)) as Box<dyn OpInstance<K, T, P::Out>>
+        });
+        KeyedOutput {
+            keyed: self,
+            operator: factory,
+            chain: Arc::new(|o, emit, _| emit(o)),
+        }
     }
 }
 
@@ -229,7 +317,7 @@ pub struct WindowedStream<K, T> {
     allowed_lateness_ms: i64,
 }
 
-impl<K: StateKey + Ord, T: Send + 'static> WindowedStream<K, T> {
+impl<K: StateKey + Ord + Send + 'static, T: Send + 'static> WindowedStream<K, T> {
     /// Records up to this late still update their window (which fires again); later ones go to
     /// the late-data output, counted.
     pub fn allowed_lateness_ms(mut self, ms: i64) -> Self {
@@ -242,15 +330,21 @@ impl<K: StateKey + Ord, T: Send + 'static> WindowedStream<K, T> {
     pub fn aggregate<A>(self, agg: A) -> KeyedOutput<K, T, WindowResult<K, A::Out>>
     where
         A: AggregateFunction<T>,
+        (K, i64): StateKey,
     {
         let agg = Arc::new(agg);
         let windows = self.windows;
         let lateness = self.allowed_lateness_ms;
-        let factory: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, WindowResult<K, A::Out>>> + Send + Sync> =
+        let factory: OperatorFactory<K, T, WindowResult<K, A::Out>> =
             Arc::new(move |f: KeyedOperatorFactory| {
-                Box::new(WindowOperator::new(agg.clone(), windows, lateness, f)) as Box<dyn OpInstance<K, T, WindowResult<K, A::Out>>>
+                Box::new(WindowOperator::new(agg.clone(), windows, lateness, f))
+                    as Box<dyn OpInstance<K, T, WindowResult<K, A::Out>>>
             });
-        KeyedOutput { keyed: self.keyed, operator: factory, chain: Arc::new(|o, emit, _| emit(o)) }
+        KeyedOutput {
+            keyed: self.keyed,
+            operator: factory,
+            chain: Arc::new(|o, emit, _| emit(o)),
+        }
     }
 }
 
@@ -259,18 +353,28 @@ pub(crate) use super::operator::OpInstance;
 /// The stream after the keyed operator: runs in the keyed subtasks, chained to the sink.
 pub struct KeyedOutput<K, T, O> {
     pub(crate) keyed: KeyedStream<K, T>,
-    pub(crate) operator: Arc<dyn Fn(KeyedOperatorFactory) -> Box<dyn OpInstance<K, T, O>> + Send + Sync>,
+    pub(crate) operator: OperatorFactory<K, T, O>,
     pub(crate) chain: Chain<O, O>,
 }
 
-impl<K: StateKey + Ord, T: Send + 'static, O: 'static> KeyedOutput<K, T, O> {
+impl<K: StateKey + Ord + Send + 'static, T: Send + 'static, O: 'static> KeyedOutput<K, T, O> {
     /// Keeps the results `f` accepts.
     pub fn filter(self, f: impl Fn(&O) -> bool + Send + Sync + 'static) -> Self {
         let prev = self.chain;
         KeyedOutput {
             keyed: self.keyed,
             operator: self.operator,
-            chain: Arc::new(move |a, emit, side| prev(a, &mut |o| if f(&o) { emit(o) }, side)),
+            chain: Arc::new(move |a, emit, side| {
+                prev(
+                    a,
+                    &mut |o| {
+                        if f(&o) {
+                            emit(o)
+                        }
+                    },
+                    side,
+                )
+            }),
         }
     }
 
@@ -280,7 +384,11 @@ impl<K: StateKey + Ord, T: Send + 'static, O: 'static> KeyedOutput<K, T, O> {
         sink: impl SinkFactory,
         encode: impl Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync + 'static,
     ) -> Job<K, T, O> {
-        Job { output: self, sink: Arc::new(sink), encode: Arc::new(encode), properties: BTreeMap::new() }
+        Job {
+            output: self,
+            sink: Arc::new(sink),
+            encode: Arc::new(encode),
+        }
     }
 }
 
@@ -288,8 +396,7 @@ impl<K: StateKey + Ord, T: Send + 'static, O: 'static> KeyedOutput<K, T, O> {
 pub struct Job<K, T, O> {
     pub(crate) output: KeyedOutput<K, T, O>,
     pub(crate) sink: Arc<dyn SinkFactory>,
-    pub(crate) encode: Arc<dyn Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync>,
-    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) encode: Encoder<O>,
 }
 
 impl<K, T, O> Job<K, T, O> {

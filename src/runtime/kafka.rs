@@ -5,12 +5,21 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::connector::{BoxFuture, OutputRecord, SinkFactory, SinkRecovery, SinkWriter, SourceFactory, SourceReader, Target};
+use super::connector::{
+    BoxFuture, OutputRecord, SinkFactory, SinkRecovery, SinkWriter, SourceFactory, SourceReader,
+    Target,
+};
 use super::fault;
 use super::job::CheckpointConfig;
 use super::metrics::{Counter, Histogram, Registry};
-use super::sink::{check_transaction_timeout, recover, CloseMode, KafkaCommittable, KafkaSinkConfig, OwnerMap, TwoPhaseCommitSink};
-use super::source::{KafkaSourceConfig, KafkaSourceReader, SourcePoll, SourceRecord, SplitAssigner, SplitOffset, StaticAssigner};
+use super::sink::{
+    check_transaction_timeout, recover, CloseMode, KafkaCommittable, KafkaSinkConfig, OwnerMap,
+    TwoPhaseCommitSink,
+};
+use super::source::{
+    KafkaSourceConfig, KafkaSourceReader, SourcePoll, SourceRecord, SplitAssigner, SplitOffset,
+    StaticAssigner,
+};
 use super::RuntimeError;
 use crate::client::producer::ProducerRecord;
 use crate::client::transaction::commit_prepared;
@@ -28,7 +37,11 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// A source reading with `client` as `config` says, partitions assigned as Flink does.
     pub fn new(client: Client, config: KafkaSourceConfig) -> Self {
-        Self { client, config, assigner: Arc::new(StaticAssigner) }
+        Self {
+            client,
+            config,
+            assigner: Arc::new(StaticAssigner),
+        }
     }
 
     /// Assigns partitions with `assigner` instead.
@@ -44,11 +57,17 @@ impl SourceFactory for KafkaSource {
         subtask: usize,
         parallelism: usize,
         restored: Vec<SplitOffset>,
+        stop_at: Option<Vec<SplitOffset>>,
     ) -> BoxFuture<'_, Result<Box<dyn SourceReader>, RuntimeError>> {
         Box::pin(async move {
+            let mut config = self.config.clone();
+            if stop_at.is_some() {
+                config.stop_at = stop_at;
+                config.discovery_interval_ms = None;
+            }
             let reader = KafkaSourceReader::open(
                 self.client.clone(),
-                self.config.clone(),
+                config,
                 subtask,
                 parallelism,
                 &restored,
@@ -61,7 +80,10 @@ impl SourceFactory for KafkaSource {
 }
 
 impl SourceReader for KafkaSourceReader {
-    fn poll<'a>(&'a mut self, out: &'a mut Vec<SourceRecord>) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>> {
+    fn poll<'a>(
+        &'a mut self,
+        out: &'a mut Vec<SourceRecord>,
+    ) -> BoxFuture<'a, Result<SourcePoll, RuntimeError>> {
         Box::pin(KafkaSourceReader::poll(self, out))
     }
     fn split_count(&self) -> usize {
@@ -70,7 +92,10 @@ impl SourceReader for KafkaSourceReader {
     fn positions(&self) -> Vec<SplitOffset> {
         KafkaSourceReader::positions(self)
     }
-    fn checkpoint_complete(&mut self, positions: Vec<SplitOffset>) -> BoxFuture<'_, Result<(), RuntimeError>> {
+    fn checkpoint_complete(
+        &mut self,
+        positions: Vec<SplitOffset>,
+    ) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move {
             // Lag monitoring only: a failed commit is logged, never fails the job.
             if let Err(e) = self.commit_to_group(&positions).await {
@@ -123,8 +148,8 @@ impl KafkaSink {
     }
 }
 
-fn committables_of(bytes: &[u8]) -> Result<Vec<KafkaCommittable>, RuntimeError> {
-    serde_json::from_slice(bytes).map_err(|e| RuntimeError::CorruptCheckpoint {
+fn committables_of(value: serde_json::Value) -> Result<Vec<KafkaCommittable>, RuntimeError> {
+    serde_json::from_value(value).map_err(|e| RuntimeError::CorruptCheckpoint {
         path: "kafka sink committables".into(),
         reason: e.to_string(),
     })
@@ -133,19 +158,21 @@ fn committables_of(bytes: &[u8]) -> Result<Vec<KafkaCommittable>, RuntimeError> 
 impl SinkFactory for KafkaSink {
     fn recover<'a>(
         &'a self,
-        committables: Vec<Vec<u8>>,
+        committables: Vec<serde_json::Value>,
         properties: &'a BTreeMap<String, String>,
         parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
         Box::pin(async move {
             let mut all = Vec::new();
-            for c in &committables {
+            for c in committables {
                 all.extend(committables_of(c)?);
             }
             let owners = match properties.get(OWNER_MAP_PROPERTY) {
-                Some(json) => serde_json::from_str::<OwnerMap>(json).map_err(|e| RuntimeError::CorruptCheckpoint {
-                    path: OWNER_MAP_PROPERTY.into(),
-                    reason: e.to_string(),
+                Some(json) => serde_json::from_str::<OwnerMap>(json).map_err(|e| {
+                    RuntimeError::CorruptCheckpoint {
+                        path: OWNER_MAP_PROPERTY.into(),
+                        reason: e.to_string(),
+                    }
                 })?,
                 None => OwnerMap::new(&self.config, parallelism as u32),
             };
@@ -153,13 +180,28 @@ impl SinkFactory for KafkaSink {
                 // Make "recovery started finishing the prepared transactions" certain: finish
                 // the first one alone, then die.
                 if let Some(first) = all.iter().find(|c| !c.prepared.empty) {
-                    let _ = commit_prepared(&self.client, &first.prepared, self.config.commit_deadline_ms).await;
+                    let _ = commit_prepared(
+                        &self.client,
+                        &first.prepared,
+                        self.config.commit_deadline_ms,
+                    )
+                    .await;
                 }
                 fault::point(fault::RESTORE);
             }
-            let report = recover(&self.client, &self.config, &all, &owners, parallelism as u32).await?;
+            let report = recover(
+                &self.client,
+                &self.config,
+                &all,
+                &owners,
+                parallelism as u32,
+            )
+            .await?;
             self.metrics
-                .counter("lingering_transactions_aborted_total", "Lingering transactions aborted at start")
+                .counter(
+                    "lingering_transactions_aborted_total",
+                    "Lingering transactions aborted at start",
+                )
                 .add(report.lingering_aborted.len() as u64);
             if !report.lingering_aborted.is_empty() {
                 tracing::info!(ids = ?report.lingering_aborted, "aborted lingering transactions of this job");
@@ -173,10 +215,19 @@ impl SinkFactory for KafkaSink {
         })
     }
 
-    fn validate<'a>(&'a self, checkpoint: &'a CheckpointConfig) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn validate<'a>(
+        &'a self,
+        checkpoint: &'a CheckpointConfig,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
             self.config.validate()?;
-            check_transaction_timeout(&self.client, &self.config, checkpoint.interval_ms, checkpoint.timeout_ms).await
+            check_transaction_timeout(
+                &self.client,
+                &self.config,
+                checkpoint.interval_ms,
+                checkpoint.timeout_ms,
+            )
+            .await
         })
     }
 
@@ -187,12 +238,21 @@ impl SinkFactory for KafkaSink {
             .expect("owners lock")
             .clone()
             .unwrap_or_else(|| OwnerMap::new(&self.config, parallelism as u32));
-        BTreeMap::from([(OWNER_MAP_PROPERTY.to_string(), serde_json::to_string(&owners).expect("owner map"))])
+        BTreeMap::from([(
+            OWNER_MAP_PROPERTY.to_string(),
+            serde_json::to_string(&owners).expect("owner map"),
+        )])
     }
 
-    fn create(&self, subtask: usize, _parallelism: usize) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
+    fn create(
+        &self,
+        subtask: usize,
+        _parallelism: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
         Box::pin(async move {
-            let sink = TwoPhaseCommitSink::open(self.client.clone(), self.config.clone(), subtask as u32).await?;
+            let sink =
+                TwoPhaseCommitSink::open(self.client.clone(), self.config.clone(), subtask as u32)
+                    .await?;
             Ok(Box::new(KafkaSinkWriter {
                 sink: Some(sink),
                 topic: self.topic.clone(),
@@ -201,7 +261,10 @@ impl SinkFactory for KafkaSink {
                     "dead_letters_unwritten_total",
                     "Dead letters counted but not written (no dead-letter topic configured)",
                 ),
-                commit_latency_ms: self.metrics.histogram("commit_latency_ms", "Checkpoint complete to EndTxn answered"),
+                commit_latency_ms: self.metrics.histogram(
+                    "commit_latency_ms",
+                    "Checkpoint complete to EndTxn answered",
+                ),
                 latencies_seen: 0,
             }) as Box<dyn SinkWriter>)
         })
@@ -223,11 +286,15 @@ impl KafkaSinkWriter {
     }
 
     fn record_latencies(&mut self) {
-        let Some(sink) = self.sink.as_ref() else { return };
+        let Some(sink) = self.sink.as_ref() else {
+            return;
+        };
         let m = sink.metrics();
         // The sink keeps its most recent latencies; take the ones not seen yet.
         let total = m.commits as usize;
-        let new = total.saturating_sub(self.latencies_seen).min(m.commit_latency_us.len());
+        let new = total
+            .saturating_sub(self.latencies_seen)
+            .min(m.commit_latency_us.len());
         for us in &m.commit_latency_us[m.commit_latency_us.len() - new..] {
             self.commit_latency_ms.observe(*us as f64 / 1e3);
         }
@@ -236,32 +303,46 @@ impl KafkaSinkWriter {
 }
 
 impl SinkWriter for KafkaSinkWriter {
-    fn write<'a>(&'a mut self, records: &'a mut Vec<OutputRecord>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn write<'a>(
+        &'a mut self,
+        records: &'a mut Vec<OutputRecord>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
             for r in records.drain(..) {
                 let topic = match r.target {
                     Target::Main => self.topic.clone(),
-                    Target::DeadLetter | Target::Late => match &self.dead_letter_topic {
-                        Some(t) => t.clone(),
-                        None => {
-                            self.dropped_dead_letters.add(1);
-                            tracing::warn!("a dead letter was not written: no dead-letter topic is configured");
-                            continue;
+                    Target::DeadLetter | Target::Late => {
+                        match &self.dead_letter_topic {
+                            Some(t) => t.clone(),
+                            None => {
+                                self.dropped_dead_letters.add(1);
+                                tracing::warn!("a dead letter was not written: no dead-letter topic is configured");
+                                continue;
+                            }
                         }
-                    },
+                    }
                 };
-                let record = ProducerRecord { topic, key: r.key, value: r.value, headers: r.headers, ..ProducerRecord::default() };
+                let record = ProducerRecord {
+                    topic,
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                    ..ProducerRecord::default()
+                };
                 self.sink().send(record).await?;
             }
             Ok(())
         })
     }
 
-    fn prepare(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<Vec<u8>, RuntimeError>> {
+    fn prepare(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>> {
         Box::pin(async move {
             self.sink().poll_commits()?;
             let committables = self.sink().prepare(checkpoint_id).await?;
-            Ok(serde_json::to_vec(&committables).expect("committables serialize"))
+            Ok(serde_json::to_value(&committables).expect("committables serialize"))
         })
     }
 
@@ -292,6 +373,8 @@ impl SinkWriter for KafkaSinkWriter {
     }
 
     fn writable(&self) -> bool {
-        self.sink.as_ref().is_some_and(TwoPhaseCommitSink::is_writable)
+        self.sink
+            .as_ref()
+            .is_some_and(TwoPhaseCommitSink::is_writable)
     }
 }

@@ -57,7 +57,12 @@ pub const HISTOGRAM_RECENT_MAX: usize = 4096;
 impl Default for Histogram {
     fn default() -> Self {
         Self {
-            inner: Mutex::new(HistogramInner { recent: Vec::new(), next: 0, count: 0, sum: 0.0 }),
+            inner: Mutex::new(HistogramInner {
+                recent: Vec::new(),
+                next: 0,
+                count: 0,
+                sum: 0.0,
+            }),
         }
     }
 }
@@ -115,7 +120,10 @@ impl Registry {
     /// The counter `name`, created on first use.
     pub fn counter(&self, name: &str, help: &'static str) -> Arc<Counter> {
         let mut m = self.metrics.lock().expect("registry lock");
-        match m.entry(name.to_string()).or_insert_with(|| (help, Metric::Counter(Arc::default()))) {
+        match m
+            .entry(name.to_string())
+            .or_insert_with(|| (help, Metric::Counter(Arc::default())))
+        {
             (_, Metric::Counter(c)) => c.clone(),
             _ => panic!("metric {name} registered with another type"),
         }
@@ -123,7 +131,10 @@ impl Registry {
     /// The gauge `name`, created on first use.
     pub fn gauge(&self, name: &str, help: &'static str) -> Arc<Gauge> {
         let mut m = self.metrics.lock().expect("registry lock");
-        match m.entry(name.to_string()).or_insert_with(|| (help, Metric::Gauge(Arc::default()))) {
+        match m
+            .entry(name.to_string())
+            .or_insert_with(|| (help, Metric::Gauge(Arc::default())))
+        {
             (_, Metric::Gauge(g)) => g.clone(),
             _ => panic!("metric {name} registered with another type"),
         }
@@ -131,7 +142,10 @@ impl Registry {
     /// The histogram `name`, created on first use.
     pub fn histogram(&self, name: &str, help: &'static str) -> Arc<Histogram> {
         let mut m = self.metrics.lock().expect("registry lock");
-        match m.entry(name.to_string()).or_insert_with(|| (help, Metric::Histogram(Arc::default()))) {
+        match m
+            .entry(name.to_string())
+            .or_insert_with(|| (help, Metric::Histogram(Arc::default())))
+        {
             (_, Metric::Histogram(h)) => h.clone(),
             _ => panic!("metric {name} registered with another type"),
         }
@@ -139,7 +153,9 @@ impl Registry {
     /// Every metric with its help text, by name.
     pub fn all(&self) -> Vec<(String, &'static str, Metric)> {
         let m = self.metrics.lock().expect("registry lock");
-        m.iter().map(|(k, (h, v))| (k.clone(), *h, v.clone())).collect()
+        m.iter()
+            .map(|(k, (h, v))| (k.clone(), *h, v.clone()))
+            .collect()
     }
 }
 

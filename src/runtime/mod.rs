@@ -21,7 +21,6 @@ pub mod kafka;
 pub mod metrics;
 pub mod operator;
 mod run;
-pub(crate) mod shim;
 pub mod sink;
 pub mod source;
 pub mod state;
@@ -30,5 +29,5 @@ pub mod window;
 
 pub use error::RuntimeError;
 pub use job::{job, CheckpointConfig, Job, JobConfig};
+pub use run::{JobReport, COMMITTABLES_PROPERTY, POSITIONS_PROPERTY};
 pub use source::WatermarkConfig;
-pub use run::JobReport;

@@ -4,7 +4,10 @@
 
 use super::connector::OutputRecord;
 use super::metrics::Registry;
-use super::shim::{KeyGroupRange, StateKey, StateTable, StateValue, TimerQueue};
+use super::state::{
+    type_fingerprint, KeyGroupRange, SnapshotFile, SnapshotWriter, StateKey, StateTable,
+    StateValue, TimerQueue,
+};
 use super::RuntimeError;
 
 /// What a keyed subtask tells the operator it creates.
@@ -20,29 +23,30 @@ pub struct KeyedOperatorFactory {
     pub metrics: Registry,
 }
 
-/// One section of a keyed snapshot: a named piece of state of one key group.
-#[derive(Debug, Clone)]
-pub struct Section {
-    /// Which state ("windows", "timers", ...).
-    pub name: String,
-    /// The key group.
-    pub key_group: u16,
-    /// The archived bytes.
-    pub bytes: Vec<u8>,
-}
-
 /// A keyed operator instance, owned by one keyed subtask.
 pub trait OpInstance<K, T, O>: Send {
     /// One record of key `key` (in key group `kg`) with event time `ts`.
-    fn process(&mut self, kg: u16, key: K, value: T, ts: i64, out: &mut Vec<O>, side: &mut Vec<OutputRecord>);
+    fn process(
+        &mut self,
+        kg: u16,
+        key: K,
+        value: T,
+        ts: i64,
+        out: &mut Vec<O>,
+        side: &mut Vec<OutputRecord>,
+    );
     /// The watermark advanced to `watermark`: fire due timers.
     fn advance_watermark(&mut self, watermark: i64, out: &mut Vec<O>);
-    /// Appends the state of key group `kg`.
-    fn snapshot(&self, kg: u16, out: &mut Vec<Section>);
-    /// Restores one section written by [`snapshot`](Self::snapshot).
-    fn restore(&mut self, section: &Section) -> Result<(), RuntimeError>;
+    /// Writes the state of its key groups (sections per state and key group).
+    fn snapshot(&self, out: &mut SnapshotWriter) -> Result<(), RuntimeError>;
+    /// Restores the sections of its key groups found in `file` (a snapshot written by any
+    /// subtask, at any parallelism: this is how key groups move when the job is rescaled).
+    fn restore(&mut self, file: &SnapshotFile) -> Result<(), RuntimeError>;
     /// Keys with state (for metrics).
     fn state_entries(&self) -> usize;
+    /// A fingerprint of the state's types: a checkpoint written with other state types is not
+    /// restored.
+    fn state_fingerprint(&self) -> u64;
 }
 
 /// A keyed process function: the lowest-level keyed operator, like Flink's
@@ -53,13 +57,27 @@ pub trait KeyedProcessFunction<K, T>: Send + 'static {
     /// What it emits.
     type Out: Send + 'static;
     /// One record.
-    fn process(&mut self, key: &K, value: T, ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>);
+    fn process(
+        &mut self,
+        key: &K,
+        value: T,
+        ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>,
+    ) where
+        K: StateKey,
+        Self::State: StateValue;
     /// A timer registered for `key` fired (the watermark passed `timestamp`).
-    fn on_timer(&mut self, key: &K, timestamp: i64, ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>);
+    fn on_timer(
+        &mut self,
+        key: &K,
+        timestamp: i64,
+        ctx: &mut ProcessContext<'_, K, Self::State, Self::Out>,
+    ) where
+        K: StateKey,
+        Self::State: StateValue;
 }
 
 /// What a keyed process function sees of its key.
-pub struct ProcessContext<'a, K, S, O> {
+pub struct ProcessContext<'a, K: StateKey, S: StateValue, O> {
     kg: u16,
     key: &'a K,
     timestamp: i64,
@@ -69,7 +87,7 @@ pub struct ProcessContext<'a, K, S, O> {
     out: &'a mut Vec<O>,
 }
 
-impl<K: StateKey + Ord, S: StateValue, O> ProcessContext<'_, K, S, O> {
+impl<K: StateKey + Ord + Send + 'static, S: StateValue, O> ProcessContext<'_, K, S, O> {
     /// The record's event time (or the timer's time in `on_timer`).
     pub fn timestamp(&self) -> i64 {
         self.timestamp
@@ -80,7 +98,8 @@ impl<K: StateKey + Ord, S: StateValue, O> ProcessContext<'_, K, S, O> {
     }
     /// The key's state, created by `init` if absent.
     pub fn state_or_insert_with(&mut self, init: impl FnOnce() -> S) -> &mut S {
-        self.state.get_or_insert_with(self.kg, self.key, init)
+        self.state
+            .get_or_insert_with(self.kg, self.key.clone(), init)
     }
     /// Removes the key's state, returning it.
     pub fn take_state(&mut self) -> Option<S> {
@@ -88,7 +107,8 @@ impl<K: StateKey + Ord, S: StateValue, O> ProcessContext<'_, K, S, O> {
     }
     /// Calls `on_timer` for this key when the watermark reaches `timestamp`.
     pub fn register_timer(&mut self, timestamp: i64) {
-        self.timers.register(self.kg, timestamp, self.key.clone(), ());
+        self.timers
+            .register(self.kg, timestamp, self.key.clone(), ());
     }
     /// Emits a result.
     pub fn emit(&mut self, out: O) {
@@ -96,7 +116,10 @@ impl<K: StateKey + Ord, S: StateValue, O> ProcessContext<'_, K, S, O> {
     }
 }
 
-pub(crate) struct ProcessOperator<K, P: KeyedProcessFunction<K, T>, T> {
+pub(crate) struct ProcessOperator<K: StateKey, P: KeyedProcessFunction<K, T>, T>
+where
+    P::State: StateValue,
+{
     f: P,
     state: StateTable<K, P::State>,
     timers: TimerQueue<K, ()>,
@@ -104,26 +127,35 @@ pub(crate) struct ProcessOperator<K, P: KeyedProcessFunction<K, T>, T> {
     _t: std::marker::PhantomData<fn(T)>,
 }
 
-impl<K: StateKey + Ord, T, P: KeyedProcessFunction<K, T>> ProcessOperator<K, P, T>
+impl<K: StateKey + Ord + Send + 'static, T, P: KeyedProcessFunction<K, T>> ProcessOperator<K, P, T>
 where
-    P::State: StateValue,
+    P::State: StateValue + Send + 'static,
 {
     pub(crate) fn new(f: P, ctx: KeyedOperatorFactory) -> Self {
         Self {
             f,
             state: StateTable::new("process", ctx.range, ctx.key_groups),
-            timers: TimerQueue::new(),
+            timers: TimerQueue::new("process-timers", ctx.range),
             watermark: i64::MIN,
             _t: std::marker::PhantomData,
         }
     }
 }
 
-impl<K: StateKey + Ord, T: Send, P: KeyedProcessFunction<K, T>> OpInstance<K, T, P::Out> for ProcessOperator<K, P, T>
+impl<K: StateKey + Ord + Send + 'static, T: Send, P: KeyedProcessFunction<K, T>>
+    OpInstance<K, T, P::Out> for ProcessOperator<K, P, T>
 where
-    P::State: StateValue,
+    P::State: StateValue + Send + 'static,
 {
-    fn process(&mut self, kg: u16, key: K, value: T, ts: i64, out: &mut Vec<P::Out>, _side: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        kg: u16,
+        key: K,
+        value: T,
+        ts: i64,
+        out: &mut Vec<P::Out>,
+        _side: &mut Vec<OutputRecord>,
+    ) {
         let mut ctx = ProcessContext {
             kg,
             key: &key,
@@ -152,31 +184,22 @@ where
         }
     }
 
-    fn snapshot(&self, kg: u16, out: &mut Vec<Section>) {
-        out.push(Section { name: "process".into(), key_group: kg, bytes: self.state.snapshot_key_group(kg) });
-        let timers = self.timers.snapshot_key_group(kg);
-        out.push(Section {
-            name: "process-timers".into(),
-            key_group: kg,
-            bytes: rkyv::to_bytes::<rkyv::rancor::Error>(&timers).expect("timers serialize").to_vec(),
-        });
+    fn snapshot(&self, out: &mut SnapshotWriter) -> Result<(), RuntimeError> {
+        self.state.snapshot(out)?;
+        self.timers.snapshot(out)
     }
 
-    fn restore(&mut self, section: &Section) -> Result<(), RuntimeError> {
-        match section.name.as_str() {
-            "process" => self.state.restore_key_group(section.key_group, &section.bytes),
-            "process-timers" => {
-                let timers = super::window::decode_timers::<K, ()>(&section.bytes)?;
-                for (ts, k, n) in timers {
-                    self.timers.register(section.key_group, ts, k, n);
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+    fn restore(&mut self, file: &SnapshotFile) -> Result<(), RuntimeError> {
+        self.state.restore(file)?;
+        self.timers.restore(file)?;
+        Ok(())
     }
 
     fn state_entries(&self) -> usize {
         self.state.len()
+    }
+
+    fn state_fingerprint(&self) -> u64 {
+        type_fingerprint::<(K, P::State)>()
     }
 }

@@ -15,12 +15,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
-use super::connector::SinkRecovery;
-use super::source::SplitOffset;
+use super::connector::{
+    BoxFuture, MemorySink, SinkFactory, SinkRecovery, SinkWriter, SourceFactory,
+};
 use super::fault;
-use super::job::Job;
-use super::operator::{KeyedOperatorFactory, Section};
-use super::shim::{CheckpointMetadata, KeyGroupRange, LocalDirStore, StateKey};
+use super::job::{Chain, Encoder, Job, JobConfig, KeyedOutput, OperatorFactory};
+use super::operator::KeyedOperatorFactory;
+use super::source::{SourceRecord, SplitOffset, WatermarkConfig};
+use super::state::{
+    type_fingerprint, CheckpointFile, CheckpointMetadata, CheckpointStore, KeyGroupRange,
+    LocalDirStore, RestoredCheckpoint, StableHash, StateKey,
+};
 use super::task::{Event, Inputs, KeyedCmd, KeyedTask, SourceCmd, SourceTask};
 use super::RuntimeError;
 
@@ -29,6 +34,11 @@ use super::RuntimeError;
 pub struct JobReport {
     /// The checkpoint the run started from.
     pub restored_from: Option<u64>,
+    /// Newer checkpoints that could not be used, with the reason (path and what is wrong).
+    pub rejected: Vec<String>,
+    /// The damaged checkpoint whose output was already committed and whose positions the run
+    /// replayed up to, without output, before going on (see [`Job::run`]).
+    pub replayed_to: Option<u64>,
     /// What sink recovery did at start.
     pub recovery: SinkRecovery,
     /// Checkpoints completed by this run.
@@ -37,88 +47,298 @@ pub struct JobReport {
     pub last_checkpoint: Option<u64>,
 }
 
-const SOURCES_FILE: &str = "sources";
+/// Metadata property holding the sources' positions (JSON list of [`SplitOffset`]).
+pub const POSITIONS_PROPERTY: &str = "sources.positions";
+/// Metadata property holding the sink's committables (JSON list, one per sink subtask).
+pub const COMMITTABLES_PROPERTY: &str = "sink.committables";
 
-struct Restored {
-    id: u64,
+/// What a checkpoint's metadata carries besides its state files.
+struct Progress {
     positions: Vec<SplitOffset>,
-    sections: Vec<Section>,
-    committables: Vec<Vec<u8>>,
-    properties: BTreeMap<String, String>,
+    committables: Vec<serde_json::Value>,
 }
 
-fn restore(store: &LocalDirStore) -> Result<Option<Restored>, RuntimeError> {
-    let Some((meta, dir)) = store.latest_complete()? else { return Ok(None) };
-    let mut r = Restored {
-        id: meta.checkpoint_id,
-        positions: Vec::new(),
-        sections: Vec::new(),
-        committables: Vec::new(),
-        properties: meta.properties.clone(),
+fn progress(meta: &CheckpointMetadata, path: &std::path::Path) -> Result<Progress, RuntimeError> {
+    let corrupt = |what: &str, e: serde_json::Error| RuntimeError::CorruptCheckpoint {
+        path: path.to_path_buf(),
+        reason: format!("{what} in the metadata: {e}"),
     };
-    for file in &meta.files {
-        let bytes = store.read(&dir, file)?;
-        if file == SOURCES_FILE {
-            r.positions = serde_json::from_slice(&bytes).map_err(|e| RuntimeError::CorruptCheckpoint {
-                path: dir.join(file),
-                reason: e.to_string(),
-            })?;
-            continue;
-        }
-        let mut aligned = rkyv::util::AlignedVec::<16>::new();
-        aligned.extend_from_slice(&bytes);
-        let plain = rkyv::from_bytes::<Vec<(String, u16, Vec<u8>)>, rkyv::rancor::Error>(&aligned).map_err(|e| {
-            RuntimeError::CorruptCheckpoint { path: dir.join(file), reason: e.to_string() }
-        })?;
-        for (name, key_group, bytes) in plain {
-            if name == "sink" {
-                r.committables.push(bytes);
-            } else {
-                r.sections.push(Section { name, key_group, bytes });
-            }
-        }
+    let positions = match meta.properties.get(POSITIONS_PROPERTY) {
+        Some(p) => serde_json::from_str(p).map_err(|e| corrupt(POSITIONS_PROPERTY, e))?,
+        None => Vec::new(),
+    };
+    let committables = match meta.properties.get(COMMITTABLES_PROPERTY) {
+        Some(c) => serde_json::from_str(c).map_err(|e| corrupt(COMMITTABLES_PROPERTY, e))?,
+        None => Vec::new(),
+    };
+    Ok(Progress {
+        positions,
+        committables,
+    })
+}
+
+/// Everything of a job that its subtasks are made from (cheap clones of shared parts).
+struct Parts<K, T, O> {
+    config: JobConfig,
+    source: Arc<dyn SourceFactory>,
+    chain: Chain<SourceRecord, T>,
+    timestamp: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
+    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    strategy: WatermarkConfig,
+    operator: OperatorFactory<K, T, O>,
+    out_chain: Chain<O, O>,
+    encode: Encoder<O>,
+    store: Arc<dyn CheckpointStore>,
+    schema_hash: u64,
+}
+
+/// One execution of the job's subtasks from a starting point.
+struct Start<'a> {
+    restored: Option<&'a RestoredCheckpoint>,
+    positions: Vec<SplitOffset>,
+    next_id: u64,
+    stop_at: Option<Vec<SplitOffset>>,
+    sink: Arc<dyn SinkFactory>,
+}
+
+/// The sink of a replay whose output is already committed: writes nothing, keeps the real
+/// sink's checkpoint properties (the owner map).
+struct Replay(Arc<dyn SinkFactory>);
+
+impl SinkFactory for Replay {
+    fn recover<'a>(
+        &'a self,
+        _committables: Vec<serde_json::Value>,
+        _properties: &'a BTreeMap<String, String>,
+        _parallelism: usize,
+    ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
+        Box::pin(async { Ok(SinkRecovery::default()) })
     }
-    Ok(Some(r))
+    fn properties(&self, parallelism: usize) -> BTreeMap<String, String> {
+        self.0.properties(parallelism)
+    }
+    fn create(
+        &self,
+        subtask: usize,
+        parallelism: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
+        Box::pin(async move { MemorySink::discarding().create(subtask, parallelism).await })
+    }
 }
 
 impl<K, T, O> Job<K, T, O>
 where
-    K: StateKey + Ord,
+    K: StateKey + Ord + Send + 'static,
     T: Send + 'static,
     O: Send + 'static,
 {
     /// Runs the job: until the sources end (bounded), or forever, or until a task fails.
     ///
+    /// At start it restores the newest complete checkpoint whose files verify, finishes the
+    /// transactions that checkpoint prepared and aborts the job's lingering ones (the sink's
+    /// recovery). When a newer checkpoint is damaged but its metadata is intact, its output may
+    /// already be committed: the run then finishes that checkpoint's transactions too, replays
+    /// the input from the older checkpoint up to the damaged one's positions *without output*
+    /// (rebuilding the state it had), checkpoints that, and goes on — so the output stays exactly
+    /// once for deterministic jobs even when the newest checkpoint is lost.
+    ///
     /// # Cancel safety
-    /// Not cancel safe in the sense of leaving nothing behind: dropping the future stops the
-    /// tasks where they are, like a crash; the next run recovers from the latest checkpoint.
+    /// Dropping the future stops the tasks where they are, like a crash; the next run recovers
+    /// from the latest checkpoint.
     pub async fn run(self) -> Result<JobReport, RuntimeError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs the job like [`run`](Self::run) until `stop` resolves, then stops cleanly: takes a
+    /// final checkpoint (windows stay open in it; the next run resumes from it), commits it,
+    /// aborts the sinks' open transactions, and returns. This is what SIGTERM should do: no
+    /// transaction is left for the broker's timeout, nothing is replayed at the next start.
+    ///
+    /// # Cancel safety
+    /// As [`run`](Self::run).
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<JobReport, RuntimeError> {
+        let mut stop: Option<StopSignal> = Some(Box::pin(stop));
         let config = self.config().clone();
         config.validate()?;
         let p = config.parallelism;
-        let store = Arc::new(LocalDirStore { dir: config.checkpoint.dir.clone(), retain: config.checkpoint.retain });
-        let restored = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || restore(&store)).await.expect("restore task")?
-        };
-        let mut report = JobReport { restored_from: restored.as_ref().map(|r| r.id), ..JobReport::default() };
-        let Job { output, sink, encode, .. } = self;
+        let Job {
+            output,
+            sink,
+            encode,
+            ..
+        } = self;
         sink.validate(&config.checkpoint).await?;
-        let keyed = output.keyed;
-        let source_stream = keyed.input.stream;
-
-        // The second phase of what the restored checkpoint prepared, before anything new.
-        let (positions, mut sections, next_id) = match restored {
-            Some(r) => {
-                report.recovery = sink.recover(r.committables, &r.properties, p).await?;
-                (r.positions, r.sections, r.id + 1)
+        let KeyedOutput {
+            keyed,
+            operator,
+            chain: out_chain,
+        } = output;
+        let probe = operator(KeyedOperatorFactory {
+            range: KeyGroupRange::for_subtask(0, 1, config.key_groups),
+            key_groups: config.key_groups,
+            subtask: 0,
+            metrics: Default::default(),
+        });
+        let schema_hash =
+            config.name.stable_hash() ^ probe.state_fingerprint() ^ type_fingerprint::<(K, T, O)>();
+        drop(probe);
+        let store: Arc<dyn CheckpointStore> = {
+            let (dir, retain) = (config.checkpoint.dir.clone(), config.checkpoint.retain);
+            Arc::new(
+                tokio::task::spawn_blocking(move || LocalDirStore::new(dir, retain))
+                    .await
+                    .expect("store task")?,
+            )
+        };
+        let parts = Parts {
+            config: config.clone(),
+            source: keyed.input.stream.source,
+            chain: keyed.input.stream.chain,
+            timestamp: keyed.input.timestamp,
+            key: keyed.key,
+            strategy: keyed.input.strategy,
+            operator,
+            out_chain,
+            encode,
+            store: store.clone(),
+            schema_hash,
+        };
+        let mut report = JobReport::default();
+        let latest = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.latest_complete(schema_hash))
+                .await
+                .expect("restore task")?
+        };
+        for r in &latest.rejected {
+            let line = format!(
+                "checkpoint {} at {}: {}",
+                r.checkpoint_id,
+                r.path.display(),
+                r.reason
+            );
+            if !r.incomplete {
+                eprintln!("exactly: corrupt checkpoint, not used: {line}");
+                tracing::warn!("corrupt checkpoint, not used: {line}");
+            }
+            report.rejected.push(line);
+        }
+        let mut restored = latest.restored;
+        report.restored_from = restored.as_ref().map(|r| r.metadata.checkpoint_id);
+        let base = match &restored {
+            Some(r) => progress(&r.metadata, &store_path(&config, r.metadata.checkpoint_id))?,
+            None => Progress {
+                positions: Vec::new(),
+                committables: Vec::new(),
+            },
+        };
+        // A damaged newer checkpoint with readable metadata: its output may be committed.
+        let damaged = {
+            let store = store.clone();
+            let newer: Vec<u64> = latest
+                .rejected
+                .iter()
+                .filter(|r| !r.incomplete)
+                .map(|r| r.checkpoint_id)
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                newer
+                    .into_iter()
+                    .find_map(|id| store.read_metadata(id, schema_hash).ok())
+            })
+            .await
+            .expect("metadata task")
+        };
+        let properties = restored
+            .as_ref()
+            .map(|r| r.metadata.properties.clone())
+            .unwrap_or_default();
+        let mut next_id = restored
+            .as_ref()
+            .map_or(1, |r| r.metadata.checkpoint_id + 1);
+        match damaged {
+            Some(meta) => {
+                let id = meta.checkpoint_id;
+                let target = progress(&meta, &store_path(&config, id))?;
+                let mut committables = base.committables;
+                committables.extend(target.committables);
+                report.recovery = sink.recover(committables, &meta.properties, p).await?;
+                tracing::warn!(
+                    checkpoint = id,
+                    "replaying up to the positions of damaged checkpoint {id} without output"
+                );
+                let start = Start {
+                    restored: restored.as_ref(),
+                    positions: base.positions,
+                    next_id: next_id.max(id + 1),
+                    stop_at: Some(target.positions),
+                    sink: Arc::new(Replay(sink.clone())),
+                };
+                let replay = parts
+                    .execute(start, &mut JobReport::default(), None)
+                    .await?;
+                report.replayed_to = Some(id);
+                let latest = {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.latest_complete(schema_hash))
+                        .await
+                        .expect("restore task")?
+                };
+                restored = latest.restored;
+                if restored.as_ref().map(|r| r.metadata.checkpoint_id) != replay {
+                    return Err(RuntimeError::CheckpointFailed {
+                        checkpoint_id: replay.unwrap_or(id),
+                        reason: "the checkpoint taken after the replay cannot be read back".into(),
+                    });
+                }
+                next_id = replay.map_or(next_id, |r| r + 1);
             }
             None => {
-                report.recovery = sink.recover(Vec::new(), &BTreeMap::new(), p).await?;
-                (Vec::new(), Vec::new(), 1)
+                report.recovery = sink.recover(base.committables, &properties, p).await?;
             }
+        }
+        let positions = match &restored {
+            Some(r) => {
+                progress(&r.metadata, &store_path(&config, r.metadata.checkpoint_id))?.positions
+            }
+            None => Vec::new(),
         };
+        let start = Start {
+            restored: restored.as_ref(),
+            positions,
+            next_id,
+            stop_at: None,
+            sink,
+        };
+        parts.execute(start, &mut report, stop.take()).await?;
+        Ok(report)
+    }
+}
 
+fn store_path(config: &JobConfig, id: u64) -> std::path::PathBuf {
+    config.checkpoint.dir.join(format!("chk-{id:020}"))
+}
+
+impl<K, T, O> Parts<K, T, O>
+where
+    K: StateKey + Ord + Send + 'static,
+    T: Send + 'static,
+    O: Send + 'static,
+{
+    /// Starts the subtasks from `start` and coordinates checkpoints until the job ends; returns
+    /// the last complete checkpoint.
+    async fn execute(
+        &self,
+        start: Start<'_>,
+        report: &mut JobReport,
+        stop: Option<StopSignal>,
+    ) -> Result<Option<u64>, RuntimeError> {
+        let config = &self.config;
+        let p = config.parallelism;
+        let replay = start.stop_at.is_some();
         let (events_tx, events_rx) = mpsc::channel::<Event>(4 * p + 16);
         let mut to_keyed: Vec<Vec<mpsc::Sender<_>>> = (0..p).map(|_| Vec::new()).collect();
         let mut keyed_inputs: Vec<Vec<mpsc::Receiver<_>>> = (0..p).map(|_| Vec::new()).collect();
@@ -129,20 +349,24 @@ where
                 input.push(rx);
             }
         }
-        let mut tasks: JoinSet<Result<(), RuntimeError>> = JoinSet::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
         let mut source_cmds = Vec::new();
         for (i, outputs) in to_keyed.into_iter().enumerate() {
-            let reader = source_stream.source.create(i, p, positions.clone()).await?;
+            let reader = self
+                .source
+                .create(i, p, start.positions.clone(), start.stop_at.clone())
+                .await?;
             let (tx, rx) = mpsc::channel(8);
             source_cmds.push(tx);
             let task = SourceTask {
                 subtask: i,
                 reader,
-                chain: source_stream.chain.clone(),
-                timestamp: keyed.input.timestamp.clone(),
-                key: keyed.key.clone(),
-                strategy: keyed.input.strategy,
+                chain: self.chain.clone(),
+                timestamp: self.timestamp.clone(),
+                key: self.key.clone(),
+                strategy: self.strategy,
                 key_groups: config.key_groups,
+                final_watermark: !replay,
                 outputs,
                 cmds: rx,
                 events: events_tx.clone(),
@@ -150,84 +374,102 @@ where
             };
             let events = events_tx.clone();
             tasks.spawn(async move {
-                let r = task.run().await;
-                if let Err(error) = r {
-                    let _ = events.send(Event::Failed { task: format!("source {i}"), error }).await;
+                if let Err(error) = task.run().await {
+                    let _ = events
+                        .send(Event::Failed {
+                            task: format!("source {i}"),
+                            error,
+                        })
+                        .await;
                 }
-                Ok(())
             });
         }
         let mut keyed_cmds = Vec::new();
         for (j, inputs) in keyed_inputs.into_iter().enumerate() {
-            let range = KeyGroupRange::for_subtask(j, p, config.key_groups);
-            let mut op = (output.operator)(KeyedOperatorFactory {
+            let range = KeyGroupRange::for_subtask(j as u32, p as u32, config.key_groups);
+            let mut op = (self.operator)(KeyedOperatorFactory {
                 range,
                 key_groups: config.key_groups,
                 subtask: j,
                 metrics: config.metrics.clone(),
             });
-            let mine: Vec<Section>;
-            (mine, sections) = sections.into_iter().partition(|s| range.contains(s.key_group));
-            for s in &mine {
-                op.restore(s)?;
+            if let Some(r) = start.restored {
+                // Every keyed file may hold key groups of this subtask (after a rescale).
+                for (name, file) in &r.files {
+                    if name.starts_with("keyed-") {
+                        op.restore(file)?;
+                    }
+                }
             }
-            let writer = sink.create(j, p).await?;
+            let writer = start.sink.create(j, p).await?;
             let (tx, rx) = mpsc::channel(8);
             keyed_cmds.push(tx);
             let task = KeyedTask {
                 subtask: j,
-                range,
                 op,
-                chain: output.chain.clone(),
-                encode: encode.clone(),
+                chain: self.out_chain.clone(),
+                encode: self.encode.clone(),
                 sink: writer,
                 inputs: Inputs::new(inputs),
                 cmds: rx,
                 events: events_tx.clone(),
-                store: store.clone(),
+                store: self.store.clone(),
+                schema_hash: self.schema_hash,
+                checkpoint_dir: config.checkpoint.dir.clone(),
                 metrics: config.metrics.clone(),
             };
             let events = events_tx.clone();
             tasks.spawn(async move {
-                let r = task.run().await;
-                if let Err(error) = r {
-                    let _ = events.send(Event::Failed { task: format!("keyed {j}"), error }).await;
+                if let Err(error) = task.run().await {
+                    let _ = events
+                        .send(Event::Failed {
+                            task: format!("keyed {j}"),
+                            error,
+                        })
+                        .await;
                 }
-                Ok(())
             });
         }
         drop(events_tx);
-
         let coordinator = Coordinator {
             config: config.clone(),
-            store,
-            next_id,
+            bounded: config.bounded || replay,
+            store: self.store.clone(),
+            schema_hash: self.schema_hash,
+            next_id: start.next_id,
             source_cmds,
             keyed_cmds,
             events: events_rx,
-            properties: sink.properties(p),
+            properties: start.sink.properties(p),
         };
-        let result = coordinator.run(&mut report).await;
+        let result = coordinator.run(report, stop).await;
         if result.is_err() {
             tasks.abort_all();
         }
         while tasks.join_next().await.is_some() {}
-        result.map(|()| report)
+        result.map(|()| report.last_checkpoint)
     }
 }
 
 struct Pending {
     id: u64,
     started: Instant,
+    created_ms: u64,
     source_acks: usize,
     positions: Vec<SplitOffset>,
-    files: Vec<String>,
-    bytes: u64,
+    files: Vec<CheckpointFile>,
+    committables: Vec<(usize, serde_json::Value)>,
 }
 
+/// Resolves when the job should stop cleanly.
+type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 struct Coordinator {
-    config: super::job::JobConfig,
-    store: Arc<LocalDirStore>,
+    config: JobConfig,
+    /// Stop after the final checkpoint once every source has ended.
+    bounded: bool,
+    store: Arc<dyn CheckpointStore>,
+    schema_hash: u64,
     next_id: u64,
     source_cmds: Vec<mpsc::Sender<SourceCmd>>,
     keyed_cmds: Vec<mpsc::Sender<KeyedCmd>>,
@@ -236,33 +478,63 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    async fn run(mut self, report: &mut JobReport) -> Result<(), RuntimeError> {
+    async fn run(
+        mut self,
+        report: &mut JobReport,
+        stop: Option<StopSignal>,
+    ) -> Result<(), RuntimeError> {
         let p = self.config.parallelism;
         let cc = self.config.checkpoint.clone();
         let metrics = self.config.metrics.clone();
         let durations = metrics.histogram("checkpoint_duration_ms", "Trigger to durable metadata");
-        let sizes = metrics.histogram("checkpoint_size_bytes", "Bytes of keyed snapshots per checkpoint");
+        let sizes = metrics.histogram(
+            "checkpoint_size_bytes",
+            "Bytes of keyed snapshots per checkpoint",
+        );
         let completed = metrics.counter("checkpoints_completed_total", "Checkpoints completed");
-        let abandoned = metrics.counter("checkpoints_abandoned_total", "Checkpoints abandoned (timeout)");
+        let abandoned = metrics.counter(
+            "checkpoints_abandoned_total",
+            "Checkpoints abandoned (timeout)",
+        );
         let periodic = cc.interval_ms > 0;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut next_trigger = if periodic { Instant::now() + Duration::from_millis(cc.interval_ms) } else { far };
+        let mut next_trigger = if periodic {
+            Instant::now() + Duration::from_millis(cc.interval_ms)
+        } else {
+            far
+        };
         let mut pending: Option<Pending> = None;
         let mut ended = 0usize;
         let mut final_wanted = false;
         let mut final_id: Option<u64> = None;
         let mut done = 0usize;
+        // Not a field: `complete(&self)` is awaited, and the stop future need not be Sync.
+        let mut stop = stop;
         loop {
             let may_trigger = pending.is_none() && final_id.is_none() && (periodic || final_wanted);
-            let timeout_at = pending.as_ref().map(|c| c.started + Duration::from_millis(cc.timeout_ms));
+            let timeout_at = pending
+                .as_ref()
+                .map(|c| c.started + Duration::from_millis(cc.timeout_ms));
+            let stop_armed = stop.is_some() && !final_wanted;
             tokio::select! {
+                _ = async { stop.as_mut().expect("armed").await }, if stop_armed => {
+                    stop = None;
+                    tracing::info!("stopping: taking a final checkpoint");
+                    final_wanted = true;
+                    if pending.is_none() {
+                        next_trigger = Instant::now();
+                    }
+                }
                 _ = sleep_until(next_trigger.into()), if may_trigger => {
                     let id = self.next_id;
                     self.next_id += 1;
                     if final_wanted {
                         final_id = Some(id);
                     }
-                    pending = Some(Pending { id, started: Instant::now(), source_acks: 0, positions: Vec::new(), files: Vec::new(), bytes: 0 });
+                    let created_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    pending = Some(Pending { id, started: Instant::now(), created_ms, source_acks: 0, positions: Vec::new(), files: Vec::new(), committables: Vec::new() });
                     for c in &self.source_cmds {
                         let _ = c.send(SourceCmd::Trigger(id)).await;
                     }
@@ -286,7 +558,7 @@ impl Coordinator {
                         }
                         Event::SourceEnded => {
                             ended += 1;
-                            if ended == p && self.config.bounded {
+                            if ended == p && self.bounded {
                                 final_wanted = true;
                                 next_trigger = Instant::now();
                             }
@@ -303,10 +575,10 @@ impl Coordinator {
                                 c.positions.extend(positions);
                             }
                         }
-                        Event::KeyedAck { checkpoint, file, bytes, .. } => {
+                        Event::KeyedAck { checkpoint, subtask, file, committables } => {
                             if let Some(c) = pending.as_mut().filter(|c| c.id == checkpoint) {
                                 c.files.push(file);
-                                c.bytes += bytes;
+                                c.committables.push((subtask, committables));
                             }
                         }
                     }
@@ -315,7 +587,7 @@ impl Coordinator {
                         let c = pending.take().expect("pending");
                         self.complete(&c).await?;
                         durations.observe(c.started.elapsed().as_secs_f64() * 1e3);
-                        sizes.observe(c.bytes as f64);
+                        sizes.observe(c.files.iter().map(|f| f.bytes).sum::<u64>() as f64);
                         completed.add(1);
                         report.checkpoints += 1;
                         report.last_checkpoint = Some(c.id);
@@ -342,30 +614,36 @@ impl Coordinator {
         }
     }
 
-    /// Writes the sources' positions and then the metadata: from here on the checkpoint is the
-    /// one a restart uses.
+    /// Writes the metadata (positions, committables, the sink's properties, the files): from
+    /// here on the checkpoint is the one a restart uses.
     async fn complete(&self, c: &Pending) -> Result<(), RuntimeError> {
         let store = self.store.clone();
         let mut files = c.files.clone();
-        files.sort();
-        files.push(SOURCES_FILE.to_string());
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut committables = c.committables.clone();
+        committables.sort_by_key(|(s, _)| *s);
+        let committables: Vec<serde_json::Value> =
+            committables.into_iter().map(|(_, v)| v).collect();
+        let mut properties = self.properties.clone();
+        properties.insert(
+            POSITIONS_PROPERTY.into(),
+            serde_json::to_string(&c.positions).expect("positions"),
+        );
+        properties.insert(
+            COMMITTABLES_PROPERTY.into(),
+            serde_json::to_string(&committables).expect("committables"),
+        );
         let meta = CheckpointMetadata {
             checkpoint_id: c.id,
-            created_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            created_ms: c.created_ms,
+            job_schema_hash: self.schema_hash,
             parallelism: self.config.parallelism as u32,
             key_groups: self.config.key_groups,
             files,
-            properties: self.properties.clone(),
+            properties,
         };
-        let positions = serde_json::to_vec(&c.positions).expect("positions serialize");
-        let id = c.id;
-        tokio::task::spawn_blocking(move || {
-            store.write(id, SOURCES_FILE, &positions)?;
-            store.complete(&meta)
-        })
-        .await
-        .expect("checkpoint write task")
+        tokio::task::spawn_blocking(move || store.complete(&meta))
+            .await
+            .expect("checkpoint write task")
     }
 }

@@ -13,16 +13,19 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::connector::{OutputRecord, SinkWriter, SourceReader, Target};
-use super::source::{SourcePoll, SourceRecord, SplitOffset, WatermarkConfig, WatermarkGenerator, WatermarkStatus};
 use super::fault;
-use super::job::Chain;
-use super::metrics::{Counter, Registry};
-use super::operator::{OpInstance, Section};
-use super::shim::{key_group_of, subtask_for_key_group, KeyGroupRange, LocalDirStore, StateKey};
+use super::job::{Chain, Encoder};
+use super::metrics::{Counter, Gauge, Registry};
+use super::operator::OpInstance;
+use super::source::{
+    SourcePoll, SourceRecord, SplitOffset, WatermarkConfig, WatermarkGenerator, WatermarkStatus,
+};
+use super::state::{
+    key_group_of, subtask_for_key_group, CheckpointFile, CheckpointStore, SnapshotWriter, StateKey,
+};
 use super::RuntimeError;
 
 /// One record on its way to a keyed subtask.
@@ -59,15 +62,33 @@ pub(crate) enum KeyedCmd {
 
 /// Subtask → coordinator.
 pub(crate) enum Event {
-    SourceAck { checkpoint: u64, subtask: usize, positions: Vec<SplitOffset> },
-    KeyedAck { checkpoint: u64, subtask: usize, file: String, bytes: u64 },
+    SourceAck {
+        checkpoint: u64,
+        positions: Vec<SplitOffset>,
+    },
+    KeyedAck {
+        checkpoint: u64,
+        subtask: usize,
+        file: CheckpointFile,
+        committables: serde_json::Value,
+    },
     SourceEnded,
     KeyedDone,
-    Failed { task: String, error: RuntimeError },
+    Failed {
+        task: String,
+        error: RuntimeError,
+    },
 }
 
+/// Why a send failed: the receiving task is gone. A keyed subtask that failed reports its own
+/// error; one that finished (the job is stopping) is no error of the source's.
+const DOWNSTREAM_GONE: &str = "downstream task stopped";
+
 async fn send<M>(tx: &Sender<M>, m: M, what: &str) -> Result<(), RuntimeError> {
-    tx.send(m).await.map_err(|_| RuntimeError::TaskFailed { task: what.into(), reason: "downstream task stopped".into() })
+    tx.send(m).await.map_err(|_| RuntimeError::TaskFailed {
+        task: what.into(),
+        reason: DOWNSTREAM_GONE.into(),
+    })
 }
 
 pub(crate) struct SourceTask<K, T> {
@@ -78,6 +99,9 @@ pub(crate) struct SourceTask<K, T> {
     pub(crate) key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     pub(crate) strategy: WatermarkConfig,
     pub(crate) key_groups: u16,
+    /// Send the final watermark at the end of the input (a bounded job); not when replaying up
+    /// to a checkpoint's positions, which must leave the windows open as they were.
+    pub(crate) final_watermark: bool,
     pub(crate) outputs: Vec<Sender<Message<K, T>>>,
     pub(crate) cmds: Receiver<SourceCmd>,
     pub(crate) events: Sender<Event>,
@@ -85,18 +109,31 @@ pub(crate) struct SourceTask<K, T> {
 }
 
 impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
-    pub(crate) async fn run(mut self) -> Result<(), RuntimeError> {
+    pub(crate) async fn run(self) -> Result<(), RuntimeError> {
+        match self.read().await {
+            Err(RuntimeError::TaskFailed { reason, .. }) if reason == DOWNSTREAM_GONE => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn read(mut self) -> Result<(), RuntimeError> {
         let name = format!("source {}", self.subtask);
         let parallelism = self.outputs.len();
-        let records_in = self.metrics.counter("records_in_total", "Records read by the sources");
-        let dead = self.metrics.counter("dead_letter_records_total", "Records sent to the dead-letter output");
+        let records_in = self
+            .metrics
+            .counter("records_in_total", "Records read by the sources");
+        let dead = self.metrics.counter(
+            "dead_letter_records_total",
+            "Records sent to the dead-letter output",
+        );
         let mut wm = WatermarkGenerator::new(self.strategy, self.reader.split_count());
         let started = Instant::now();
         let mut sent_wm = i64::MIN;
         let mut sent_idle = false;
         let mut raw: Vec<SourceRecord> = Vec::new();
         let mut side: Vec<OutputRecord> = Vec::new();
-        let mut batches: Vec<Vec<KeyedRecord<K, T>>> = (0..parallelism).map(|_| Vec::new()).collect();
+        let mut batches: Vec<Vec<KeyedRecord<K, T>>> =
+            (0..parallelism).map(|_| Vec::new()).collect();
         let mut ended = false;
         loop {
             tokio::select! {
@@ -109,7 +146,7 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                         for o in &self.outputs {
                             send(o, Message::Barrier(n), &name).await?;
                         }
-                        send(&self.events, Event::SourceAck { checkpoint: n, subtask: self.subtask, positions }, &name).await?;
+                        send(&self.events, Event::SourceAck { checkpoint: n, positions }, &name).await?;
                     }
                     Some(SourceCmd::Complete(positions)) => self.reader.checkpoint_complete(positions).await?,
                 },
@@ -124,7 +161,7 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                             wm.on_record(split, ts);
                             let key = keyf(&t);
                             let kg = key_group_of(key.stable_hash(), kgs);
-                            let dest = subtask_for_key_group(kg, parallelism, kgs);
+                            let dest = subtask_for_key_group(kg, parallelism as u32, kgs) as usize;
                             batches[dest].push(KeyedRecord { kg, key, value: t, ts });
                         }, &mut side);
                     }
@@ -139,9 +176,11 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                     }
                     if polled == SourcePoll::End {
                         ended = true;
-                        wm.end_of_input();
-                        for o in &self.outputs {
-                            send(o, Message::Watermark(i64::MAX), &name).await?;
+                        if self.final_watermark {
+                            wm.end_of_input();
+                            for o in &self.outputs {
+                                send(o, Message::Watermark(i64::MAX), &name).await?;
+                            }
                         }
                         send(&self.events, Event::SourceEnded, &name).await?;
                         continue;
@@ -181,7 +220,12 @@ pub(crate) struct Inputs<M> {
 impl<M> Inputs<M> {
     pub(crate) fn new(rx: Vec<Receiver<M>>) -> Self {
         let n = rx.len();
-        Self { rx, blocked: vec![false; n], closed: vec![false; n], next: 0 }
+        Self {
+            rx,
+            blocked: vec![false; n],
+            closed: vec![false; n],
+            next: 0,
+        }
     }
     fn len(&self) -> usize {
         self.rx.len()
@@ -225,21 +269,23 @@ impl<M> Inputs<M> {
 
 pub(crate) struct KeyedTask<K, T, O> {
     pub(crate) subtask: usize,
-    pub(crate) range: KeyGroupRange,
     pub(crate) op: Box<dyn OpInstance<K, T, O>>,
     pub(crate) chain: Chain<O, O>,
-    pub(crate) encode: Arc<dyn Fn(&O) -> (Option<Bytes>, Bytes) + Send + Sync>,
+    pub(crate) encode: Encoder<O>,
     pub(crate) sink: Box<dyn SinkWriter>,
     pub(crate) inputs: Inputs<Message<K, T>>,
     pub(crate) cmds: Receiver<KeyedCmd>,
     pub(crate) events: Sender<Event>,
-    pub(crate) store: Arc<LocalDirStore>,
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) schema_hash: u64,
+    pub(crate) checkpoint_dir: std::path::PathBuf,
     pub(crate) metrics: Registry,
 }
 
 struct Emitter {
     out: Vec<OutputRecord>,
     records_out: Arc<Counter>,
+    watermark_lag_ms: Arc<Gauge>,
 }
 
 impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
@@ -253,9 +299,22 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
         let mut results: Vec<O> = Vec::new();
         let mut em = Emitter {
             out: Vec::new(),
-            records_out: self.metrics.counter("records_out_total", "Records written to the job's output"),
+            records_out: self
+                .metrics
+                .counter("records_out_total", "Records written to the job's output"),
+            watermark_lag_ms: self.metrics.gauge(
+                "watermark_lag_ms",
+                "Wall clock minus the event-time watermark of the keyed subtasks (most recent update)",
+            ),
         };
-        let alignment_ms = self.metrics.histogram("checkpoint_alignment_ms", "Time from the first to the last barrier of a checkpoint at a keyed subtask");
+        let keyed_records = self.metrics.counter(
+            "keyed_records_total",
+            "Records processed by the keyed operators",
+        );
+        let alignment_ms = self.metrics.histogram(
+            "checkpoint_alignment_ms",
+            "Time from the first to the last barrier of a checkpoint at a keyed subtask",
+        );
         let mut align_started = Instant::now();
         loop {
             tokio::select! {
@@ -280,6 +339,7 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
                 m = self.inputs.recv(), if self.sink.writable() => match m {
                     None => return Ok(()),
                     Some((_, Message::Records(batch))) => {
+                        keyed_records.add(batch.len() as u64);
                         for r in batch {
                             self.op.process(r.kg, r.key, r.value, r.ts, &mut results, &mut em.out);
                         }
@@ -329,10 +389,21 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
         results: &mut Vec<O>,
         em: &mut Emitter,
     ) -> Result<(), RuntimeError> {
-        let combined = wms.iter().zip(idle).filter(|(_, i)| !**i).map(|(w, _)| *w).min();
+        let combined = wms
+            .iter()
+            .zip(idle)
+            .filter(|(_, i)| !**i)
+            .map(|(w, _)| *w)
+            .min();
         if let Some(w) = combined {
             if w > *current {
                 *current = w;
+                if w != i64::MAX {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    em.watermark_lag_ms.set(now_ms.saturating_sub(w));
+                }
                 self.op.advance_watermark(w, results);
                 self.emit(results, em).await?;
             }
@@ -349,11 +420,20 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
         for o in results.drain(..) {
             let out = &mut em.out;
             let mut side = Vec::new();
-            chain(o, &mut |o: O| {
-                let (key, value) = encode(&o);
-                out.push(OutputRecord { target: Target::Main, key, value: Some(value), headers: Vec::new() });
-                main += 1;
-            }, &mut side);
+            chain(
+                o,
+                &mut |o: O| {
+                    let (key, value) = encode(&o);
+                    out.push(OutputRecord {
+                        target: Target::Main,
+                        key,
+                        value: Some(value),
+                        headers: Vec::new(),
+                    });
+                    main += 1;
+                },
+                &mut side,
+            );
             out.append(&mut side);
         }
         em.records_out.add(main);
@@ -361,22 +441,37 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
     }
 
     async fn checkpoint(&mut self, n: u64) -> Result<(), RuntimeError> {
-        let mut sections: Vec<Section> = Vec::new();
-        for kg in self.range.iter() {
-            self.op.snapshot(kg, &mut sections);
-        }
+        // The state is archived here, synchronously (the operator is not touched meanwhile);
+        // writing and fsyncing happen off the task, so records keep flowing.
+        let mut writer = SnapshotWriter::new(self.schema_hash);
+        self.op.snapshot(&mut writer)?;
+        let bytes = writer.finish()?;
         let committables = self.sink.prepare(n).await?;
-        sections.push(Section { name: "sink".into(), key_group: u16::MAX, bytes: committables });
         let file = format!("keyed-{}", self.subtask);
         let (store, events, subtask) = (self.store.clone(), self.events.clone(), self.subtask);
-        // Writing and fsyncing happen off the task: records keep flowing meanwhile.
+        let fault_dir = self.checkpoint_dir.join(format!("chk-{n:020}"));
         tokio::task::spawn_blocking(move || {
-            let plain: Vec<(String, u16, Vec<u8>)> = sections.into_iter().map(|s| (s.name, s.key_group, s.bytes)).collect();
-            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&plain).expect("sections serialize");
-            let result = store.write(n, &file, &bytes);
-            let event = match result {
-                Ok(()) => Event::KeyedAck { checkpoint: n, subtask, file, bytes: bytes.len() as u64 },
-                Err(error) => Event::Failed { task: format!("keyed {subtask}"), error },
+            if fault::armed(fault::SNAPSHOT_WRITE) {
+                // "In the middle of writing a snapshot file": half of it on disk under a
+                // temporary name, never renamed.
+                let _ = std::fs::create_dir_all(&fault_dir);
+                let _ = std::fs::write(
+                    fault_dir.join(format!(".tmp-{file}-fault")),
+                    &bytes[..bytes.len() / 2],
+                );
+                fault::point(fault::SNAPSHOT_WRITE);
+            }
+            let event = match store.put(n, &file, &bytes) {
+                Ok(file) => Event::KeyedAck {
+                    checkpoint: n,
+                    subtask,
+                    file,
+                    committables,
+                },
+                Err(error) => Event::Failed {
+                    task: format!("keyed {subtask}"),
+                    error,
+                },
             };
             let _ = events.blocking_send(event);
         });

@@ -7,13 +7,12 @@
 
 use std::sync::Arc;
 
-use rkyv::rancor::Error as RkyvError;
-use rkyv::util::AlignedVec;
-
 use super::connector::OutputRecord;
 use super::metrics::Counter;
-use super::operator::{KeyedOperatorFactory, OpInstance, Section};
-use super::shim::{StateKey, StateTable, StateValue, TimerQueue};
+use super::operator::{KeyedOperatorFactory, OpInstance};
+use super::state::{
+    type_fingerprint, SnapshotFile, SnapshotWriter, StateKey, StateTable, StateValue, TimerQueue,
+};
 use super::RuntimeError;
 
 /// How records are assigned to windows.
@@ -84,7 +83,7 @@ pub struct WindowResult<K, R> {
 /// An incremental aggregate (like Flink's `AggregateFunction`).
 pub trait AggregateFunction<T>: Send + Sync + 'static {
     /// The accumulator kept in keyed state.
-    type Acc: StateValue + Clone;
+    type Acc: StateValue + Clone + Send + 'static;
     /// The result.
     type Out: Send + 'static;
     /// A fresh accumulator.
@@ -113,7 +112,10 @@ impl<T> AggregateFunction<T> for Count {
     }
 }
 
-pub(crate) struct WindowOperator<K, T, A: AggregateFunction<T>> {
+pub(crate) struct WindowOperator<K: StateKey, T, A: AggregateFunction<T>>
+where
+    (K, i64): StateKey,
+{
     agg: Arc<A>,
     windows: Windows,
     lateness_ms: i64,
@@ -126,26 +128,34 @@ pub(crate) struct WindowOperator<K, T, A: AggregateFunction<T>> {
     _t: std::marker::PhantomData<fn(&T)>,
 }
 
-impl<K: StateKey + Ord, T, A: AggregateFunction<T>> WindowOperator<K, T, A>
+impl<K: StateKey + Ord + Send + 'static, T, A: AggregateFunction<T>> WindowOperator<K, T, A>
 where
     (K, i64): StateKey,
 {
-    pub(crate) fn new(agg: Arc<A>, windows: Windows, lateness_ms: i64, ctx: KeyedOperatorFactory) -> Self {
+    pub(crate) fn new(
+        agg: Arc<A>,
+        windows: Windows,
+        lateness_ms: i64,
+        ctx: KeyedOperatorFactory,
+    ) -> Self {
         Self {
             agg,
             windows,
             lateness_ms: lateness_ms.max(0),
             state: StateTable::new("windows", ctx.range, ctx.key_groups),
-            timers: TimerQueue::new(),
+            timers: TimerQueue::new("window-timers", ctx.range),
             watermark: i64::MIN,
-            late: ctx.metrics.counter("late_records_total", "Records later than the allowed lateness"),
+            late: ctx.metrics.counter(
+                "late_records_total",
+                "Records later than the allowed lateness",
+            ),
             _t: std::marker::PhantomData,
         }
     }
 }
 
-impl<K: StateKey + Ord, T: Send, A: AggregateFunction<T>> OpInstance<K, T, WindowResult<K, A::Out>>
-    for WindowOperator<K, T, A>
+impl<K: StateKey + Ord + Send + 'static, T: Send, A: AggregateFunction<T>>
+    OpInstance<K, T, WindowResult<K, A::Out>> for WindowOperator<K, T, A>
 where
     (K, i64): StateKey,
 {
@@ -168,11 +178,18 @@ where
                 return; // this window is gone
             }
             placed = true;
-            let acc = state.get_or_insert_with(kg, &(key.clone(), start), || agg.create());
+            let acc = state.get_or_insert_with(kg, (key.clone(), start), || agg.create());
             agg.add(acc, &value);
             if max_ts <= wm {
                 // Late but within the allowed lateness: the window fires again at once.
-                out.push(WindowResult { key: key.clone(), window: Window { start, end: start + size }, result: agg.result(acc) });
+                out.push(WindowResult {
+                    key: key.clone(),
+                    window: Window {
+                        start,
+                        end: start + size,
+                    },
+                    result: agg.result(acc),
+                });
             } else {
                 timers.register(kg, max_ts, key.clone(), start);
             }
@@ -195,10 +212,17 @@ where
                 let acc = if self.lateness_ms == 0 {
                     self.state.remove(kg, &k)
                 } else {
-                    Some(self.state.get_or_insert_with(kg, &k, || self.agg.create()).clone())
+                    self.state.get(kg, &k).map(|a| a.to_owned())
                 };
                 if let Some(acc) = acc {
-                    out.push(WindowResult { key: k.0, window: Window { start, end: start + size }, result: self.agg.result(&acc) });
+                    out.push(WindowResult {
+                        key: k.0,
+                        window: Window {
+                            start,
+                            end: start + size,
+                        },
+                        result: self.agg.result(&acc),
+                    });
                 }
             } else {
                 self.state.remove(kg, &k);
@@ -206,39 +230,24 @@ where
         }
     }
 
-    fn snapshot(&self, kg: u16, out: &mut Vec<Section>) {
-        out.push(Section { name: "windows".into(), key_group: kg, bytes: self.state.snapshot_key_group(kg) });
-        let timers = self.timers.snapshot_key_group(kg);
-        out.push(Section {
-            name: "window-timers".into(),
-            key_group: kg,
-            bytes: rkyv::to_bytes::<RkyvError>(&timers).expect("timers serialize").to_vec(),
-        });
+    fn snapshot(&self, out: &mut SnapshotWriter) -> Result<(), RuntimeError> {
+        self.state.snapshot(out)?;
+        self.timers.snapshot(out)
     }
 
-    fn restore(&mut self, section: &Section) -> Result<(), RuntimeError> {
-        match section.name.as_str() {
-            "windows" => self.state.restore_key_group(section.key_group, &section.bytes),
-            "window-timers" => {
-                for (ts, k, n) in decode_timers::<K, i64>(&section.bytes)? {
-                    self.timers.register(section.key_group, ts, k, n);
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+    fn restore(&mut self, file: &SnapshotFile) -> Result<(), RuntimeError> {
+        self.state.restore(file)?;
+        self.timers.restore(file)?;
+        Ok(())
     }
 
     fn state_entries(&self) -> usize {
         self.state.len()
     }
-}
 
-pub(crate) fn decode_timers<K: StateKey, N: StateKey>(bytes: &[u8]) -> Result<Vec<(i64, K, N)>, RuntimeError> {
-    let mut aligned = AlignedVec::<16>::new();
-    aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<Vec<(i64, K, N)>, RkyvError>(&aligned)
-        .map_err(|e| RuntimeError::CorruptCheckpoint { path: Default::default(), reason: format!("timers: {e}") })
+    fn state_fingerprint(&self) -> u64 {
+        type_fingerprint::<((K, i64), A::Acc, Windows)>()
+    }
 }
 
 #[cfg(test)]
@@ -252,7 +261,11 @@ mod tests {
         Windows::tumbling(60_000).for_each_start(-1, |s| v.push(s));
         assert_eq!(v, vec![60_000, -60_000]);
         let mut v = Vec::new();
-        Windows::Sliding { size_ms: 10, slide_ms: 5 }.for_each_start(12, |s| v.push(s));
+        Windows::Sliding {
+            size_ms: 10,
+            slide_ms: 5,
+        }
+        .for_each_start(12, |s| v.push(s));
         assert_eq!(v, vec![10, 5]);
     }
 }

@@ -12,7 +12,7 @@ use exactly::runtime::kafka::{KafkaSink, KafkaSource};
 use exactly::runtime::metrics::{Metric, Registry};
 use exactly::runtime::sink::KafkaSinkConfig;
 use exactly::runtime::source::KafkaSourceConfig;
-use exactly::runtime::JobConfig;
+use exactly::runtime::{JobConfig, RuntimeError};
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
@@ -59,6 +59,12 @@ pub(crate) struct RunArgs {
     /// final checkpoint, commit, exit 0.
     #[arg(long)]
     bounded: bool,
+    /// How many times a failed job restarts from its latest checkpoint before giving up.
+    #[arg(long, default_value_t = 10)]
+    restarts: u32,
+    /// Delay before a restart (jittered: half to all of it).
+    #[arg(long, default_value_t = 2_000)]
+    restart_delay_ms: u64,
 }
 
 pub(crate) async fn run(client: Client, args: RunArgs) -> anyhow::Result<()> {
@@ -73,23 +79,87 @@ pub(crate) async fn run(client: Client, args: RunArgs) -> anyhow::Result<()> {
     source.bounded = args.bounded;
     let mut sink = KafkaSinkConfig::new(args.transactional_id_prefix.clone());
     sink.transaction_timeout_ms = args.transaction_timeout_ms;
-    let mut kafka_sink = KafkaSink::new(client.clone(), sink, args.output.clone()).with_metrics(metrics.clone());
-    if let Some(dlq) = &args.dead_letter {
-        kafka_sink = kafka_sink.with_dead_letter_topic(dlq.clone());
-    }
     let fraud_config = FraudConfig {
         window_ms: args.window_ms,
         threshold: args.threshold,
         out_of_orderness_ms: args.out_of_orderness_ms,
         idle_timeout_ms: args.idle_timeout_ms,
     };
-    let job = fraud::build(config, fraud_config, KafkaSource::new(client, source), kafka_sink);
-    let report = job.run().await.context("the fraud job failed")?;
+    let make_job = || {
+        let mut kafka_sink = KafkaSink::new(client.clone(), sink.clone(), args.output.clone())
+            .with_metrics(metrics.clone());
+        if let Some(dlq) = &args.dead_letter {
+            kafka_sink = kafka_sink.with_dead_letter_topic(dlq.clone());
+        }
+        fraud::build(
+            config.clone(),
+            fraud_config,
+            KafkaSource::new(client.clone(), source.clone()),
+            kafka_sink,
+        )
+    };
+    // SIGTERM / SIGINT: a final checkpoint, its commit, the open transactions aborted, exit 0.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("exactly: stopping: final checkpoint, commit, then exit");
+        let _ = stop_tx.send(true);
+    });
+    // A failed job restarts from its latest checkpoint (like Flink's fixed-delay restart
+    // strategy), a bounded number of times; a configuration error does not.
+    let mut restarts = 0u32;
+    let report = loop {
+        let mut rx = stop_rx.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        match make_job().run_until(stop).await {
+            Ok(report) => break report,
+            Err(e) => {
+                let config_error = matches!(e, RuntimeError::Config { .. });
+                if config_error || restarts >= args.restarts || *stop_rx.borrow() {
+                    return Err(e).context("the fraud job failed");
+                }
+                restarts += 1;
+                let delay_ms = args.restart_delay_ms / 2
+                    + rand::Rng::random_range(&mut rand::rng(), 0..=args.restart_delay_ms / 2);
+                eprintln!(
+                    "exactly: the job failed: {e}; restart {restarts} of {} from the latest checkpoint in {delay_ms} ms",
+                    args.restarts
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            }
+        }
+    };
     let mut line = serde_json::Map::new();
-    line.insert("restored_from".into(), serde_json::json!(report.restored_from));
-    line.insert("recovered_committed".into(), serde_json::json!(report.recovery.committed));
-    line.insert("recovered_already_committed".into(), serde_json::json!(report.recovery.already_committed));
-    line.insert("lingering_aborted".into(), serde_json::json!(report.recovery.aborted_lingering));
+    line.insert("restarts".into(), serde_json::json!(restarts));
+    line.insert(
+        "restored_from".into(),
+        serde_json::json!(report.restored_from),
+    );
+    line.insert(
+        "recovered_committed".into(),
+        serde_json::json!(report.recovery.committed),
+    );
+    line.insert(
+        "recovered_already_committed".into(),
+        serde_json::json!(report.recovery.already_committed),
+    );
+    line.insert(
+        "lingering_aborted".into(),
+        serde_json::json!(report.recovery.aborted_lingering),
+    );
     line.insert("checkpoints".into(), serde_json::json!(report.checkpoints));
     for (name, _, metric) in metrics.all() {
         match metric {

@@ -97,6 +97,10 @@ pub struct KafkaSourceConfig {
     /// The buffer holds at most this many records plus one fetch response
     /// (`fetch.max_bytes`).
     pub prefetch_records_low: usize,
+    /// Bounded at these positions instead of the end of the log at open: a split reads up to
+    /// its offset here (a split not listed reads nothing). The runtime uses it to replay up to a
+    /// checkpoint's positions. Implies bounded mode.
+    pub stop_at: Option<Vec<SplitOffset>>,
 }
 
 impl KafkaSourceConfig {
@@ -114,7 +118,13 @@ impl KafkaSourceConfig {
             records_per_poll_max: 1_000,
             offset_out_of_range: OffsetReset::Fail,
             prefetch_records_low: 2_000,
+            stop_at: None,
         }
+    }
+
+    /// Whether reading ends (at the end of the log at open, or at `stop_at`).
+    fn is_bounded(&self) -> bool {
+        self.bounded || self.stop_at.is_some()
     }
 
     /// Rejects impossible settings, naming the setting.
@@ -132,7 +142,7 @@ impl KafkaSourceConfig {
         if self.discovery_interval_ms == Some(0) {
             return invalid("discovery_interval_ms", "must be above 0 (or None)".into());
         }
-        if self.bounded && self.discovery_interval_ms.is_some() {
+        if self.is_bounded() && self.discovery_interval_ms.is_some() {
             return invalid(
                 "discovery_interval_ms",
                 "partition discovery and bounded mode exclude each other: a bounded read ends \
@@ -351,7 +361,13 @@ impl KafkaSourceReader {
                         .await?
                 }
             };
-            let end = if reader.config.bounded {
+            let end = if let Some(stop) = &reader.config.stop_at {
+                let at = stop
+                    .iter()
+                    .find(|s| s.topic == tp.topic && s.partition == tp.partition)
+                    .map_or(start, |s| s.next_offset);
+                Some(at.max(start))
+            } else if reader.config.bounded {
                 let end = admin
                     .list_offset(&tp.topic, tp.partition, OffsetSpec::Latest, isolation)
                     .await?;
@@ -405,7 +421,7 @@ impl KafkaSourceReader {
             if hand_out(&mut self.splits, &mut self.cursor, max, out) > 0 {
                 return Ok(SourcePoll::Records);
             }
-            if self.config.bounded && self.splits.iter().all(Split::finished) {
+            if self.config.is_bounded() && self.splits.iter().all(Split::finished) {
                 return Ok(SourcePoll::End);
             }
             if waited {
@@ -616,7 +632,7 @@ impl KafkaSourceReader {
 
     /// Bounded mode: the end offset of every split, taken at open; `None` when unbounded.
     pub fn end_offsets(&self) -> Option<Vec<SplitOffset>> {
-        self.config.bounded.then(|| {
+        self.config.is_bounded().then(|| {
             self.splits
                 .iter()
                 .map(|s| SplitOffset {
