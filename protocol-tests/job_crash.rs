@@ -990,9 +990,20 @@ async fn job_crash_kill_and_fault_points() {
 
     // The final run is bounded: it must see the whole input.
     writer.await.expect("write the input");
+    let latest = complete_checkpoints(&spec.checkpoint_dir)
+        .last()
+        .map(|c| c.id);
     let mut last = JobRun::spawn(&spec, &f.dir, "final", true, None);
     let stdout = last.expect_success(Duration::from_secs(240)).await;
     print_metrics("job-crash final run", &stdout);
+    if let Some(restored) = metrics_line(&stdout).and_then(|m| m.get("restored_from").cloned()) {
+        assert_eq!(
+            restored.as_u64(),
+            latest,
+            "the final run must resume from the latest complete checkpoint\ncheckpoints:{}",
+            list_checkpoint_dir(&spec.checkpoint_dir)
+        );
+    }
     let crashes = sigkills + fault_hits.values().sum::<u32>();
     eprintln!(
         "[job-crash] survived {crashes} crashes: {sigkills} SIGKILLs, fault aborts {fault_hits:?}; \
@@ -1333,14 +1344,15 @@ async fn corruption_case(damage: Damage, seed: u64) {
     {
         eprintln!("[{test}]   {l}");
     }
-    if damage != Damage::RemoveMetadata {
-        assert!(
-            names_it && says_corrupt,
-            "the restart must report the damaged checkpoint {} as corrupt on stderr\n{}",
-            newest.path.display(),
-            run.describe()
-        );
-    }
+    // A damaged file must be reported as corrupt; a checkpoint without its metadata file
+    // (half-written) must at least be named.
+    assert!(
+        names_it && (says_corrupt || damage == Damage::RemoveMetadata),
+        "the restart must name the damaged checkpoint {} on stderr (and call a damaged file \
+         corrupt)\n{}",
+        newest.path.display(),
+        run.describe()
+    );
     print_metrics(&test, &stdout);
     assert_exact(
         &f,
