@@ -623,7 +623,7 @@ pub async fn assert_nothing_open(client: &Client, prefix: &str, topics: &[&str])
     );
 }
 
-/// The distinct (user, window) pairs of `alerts`: a quick way to state how many windows alert.
+/// The distinct window starts of `alerts`: a quick way to state how many windows alert.
 pub fn windows_of(alerts: &[Alert]) -> BTreeSet<i64> {
     alerts.iter().map(|a| a.window_start).collect()
 }
