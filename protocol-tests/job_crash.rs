@@ -1446,8 +1446,7 @@ async fn job_visibility_after_barrier() {
         if let Some(e) = run.poll() {
             panic!("the watched run ended ({e:?})\n{}", run.describe());
         }
-        let mut scan = |first: &mut BTreeMap<u64, Duration>,
-                        complete: &mut BTreeMap<u64, Duration>| {
+        let scan = |first: &mut BTreeMap<u64, Duration>, complete: &mut BTreeMap<u64, Duration>| {
             let now = origin.elapsed();
             for c in checkpoints(&spec.checkpoint_dir) {
                 first.entry(c.id).or_insert(now);
