@@ -15,6 +15,7 @@ mod interop;
 mod prepared_outcome;
 mod produce_fetch;
 mod producer_limits;
+mod product_cli;
 mod reader;
 mod runtime_sink;
 mod runtime_source;

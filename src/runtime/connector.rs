@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::sink::{IdempotentSink, RecordPosition};
 use super::source::{SourcePoll, SourceRecord, SplitOffset};
 use super::RuntimeError;
 use crate::client::types::{Record, RecordHeader};
@@ -145,10 +146,13 @@ pub trait SinkFactory: Send + Sync + 'static {
     /// Properties to keep in every checkpoint (e.g. the owner map of transactional ids).
     fn properties(&self, parallelism: usize) -> BTreeMap<String, String>;
     /// The writer of `subtask`.
+    /// The writer of `subtask`; `restored` is the checkpoint the job restored from (what was
+    /// written after it will be written again).
     fn create(
         &self,
         subtask: usize,
         parallelism: usize,
+        restored: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>>;
 }
 
@@ -383,6 +387,7 @@ impl SinkFactory for MemorySink {
         &self,
         subtask: usize,
         _parallelism: usize,
+        _restored: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
         let w = MemoryWriter {
             sink: self.clone(),
@@ -443,6 +448,112 @@ impl SinkWriter for MemoryWriter {
             self.sink.commit(self.subtask, id, recs);
         }
         Box::pin(async { Ok(()) })
+    }
+    fn flush_commits(&mut self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A job sink over an [`IdempotentSink`] (a system without transactions): each subtask writes
+/// the records of the epoch after checkpoint n at positions (n + 1, subtask, index); a replay
+/// after a restore writes the same positions again, and the sink upserts them. Exactly once for
+/// deterministic jobs at a fixed parallelism (see [`IdempotentSink`]).
+pub struct IdempotentSinks<F, E> {
+    make: F,
+    encode: E,
+}
+
+impl<F, E> IdempotentSinks<F, E> {
+    /// Sinks made by `make(subtask)`, records converted by `encode`.
+    pub fn new(make: F, encode: E) -> Self {
+        Self { make, encode }
+    }
+}
+
+impl<S, F, E> SinkFactory for IdempotentSinks<F, E>
+where
+    S: IdempotentSink + 'static,
+    F: Fn(usize) -> Result<S, RuntimeError> + Send + Sync + 'static,
+    E: Fn(OutputRecord) -> S::Record + Clone + Send + Sync + 'static,
+{
+    fn recover<'a>(
+        &'a self,
+        _committables: Vec<serde_json::Value>,
+        _properties: &'a BTreeMap<String, String>,
+        _parallelism: usize,
+    ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
+        Box::pin(async { Ok(SinkRecovery::default()) })
+    }
+    fn properties(&self, _parallelism: usize) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+    fn create(
+        &self,
+        subtask: usize,
+        _parallelism: usize,
+        restored: Option<u64>,
+    ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
+        Box::pin(async move {
+            let mut sink = (self.make)(subtask)?;
+            sink.restore(restored).await?;
+            let epoch = restored.unwrap_or(0) + 1;
+            Ok(Box::new(IdempotentWriter {
+                sink,
+                encode: self.encode.clone(),
+                subtask: subtask as u32,
+                epoch,
+                index: 0,
+            }) as Box<dyn SinkWriter>)
+        })
+    }
+}
+
+struct IdempotentWriter<S, E> {
+    sink: S,
+    encode: E,
+    subtask: u32,
+    epoch: u64,
+    index: u64,
+}
+
+impl<S, E> SinkWriter for IdempotentWriter<S, E>
+where
+    S: IdempotentSink + 'static,
+    E: Fn(OutputRecord) -> S::Record + Send + Sync + 'static,
+{
+    fn write<'a>(
+        &'a mut self,
+        records: &'a mut Vec<OutputRecord>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            for r in records.drain(..) {
+                let position = RecordPosition {
+                    checkpoint_id: self.epoch,
+                    subtask: self.subtask,
+                    index: self.index,
+                };
+                self.sink.write(position, (self.encode)(r)).await?;
+                self.index += 1;
+            }
+            Ok(())
+        })
+    }
+    fn prepare(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>> {
+        Box::pin(async move {
+            self.sink.checkpoint(checkpoint_id).await?;
+            self.epoch = checkpoint_id + 1;
+            self.index = 0;
+            Ok(serde_json::Value::Null)
+        })
+    }
+    fn commit_up_to(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async move { self.sink.checkpoint_complete(checkpoint_id).await })
     }
     fn flush_commits(&mut self) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async { Ok(()) })

@@ -248,6 +248,7 @@ impl SinkFactory for KafkaSink {
         &self,
         subtask: usize,
         _parallelism: usize,
+        _restored: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
         Box::pin(async move {
             let sink =

@@ -121,8 +121,13 @@ impl SinkFactory for Replay {
         &self,
         subtask: usize,
         parallelism: usize,
+        restored: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
-        Box::pin(async move { MemorySink::discarding().create(subtask, parallelism).await })
+        Box::pin(async move {
+            MemorySink::discarding()
+                .create(subtask, parallelism, restored)
+                .await
+        })
     }
 }
 
@@ -401,7 +406,10 @@ where
                     }
                 }
             }
-            let writer = start.sink.create(j, p).await?;
+            let writer = start
+                .sink
+                .create(j, p, start.restored.map(|r| r.metadata.checkpoint_id))
+                .await?;
             let (tx, rx) = mpsc::channel(8);
             keyed_cmds.push(tx);
             let task = KeyedTask {

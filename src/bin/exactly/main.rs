@@ -3,12 +3,15 @@
 //! This is the only place `anyhow` is used: errors from the library are typed, and here they
 //! become messages for a person, with a non-zero exit status.
 
+mod cards;
 mod consume;
 mod demo;
+mod gen;
 mod produce;
 mod run;
 mod topics;
 mod txn;
+mod verify;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -44,11 +47,16 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume records and print them.
     Consume(consume::ConsumeArgs),
-    /// Prepared transactions: prepare, commit or abort from a stored identity, describe.
+    /// Transactions: list, abort lingering ones; prepare, commit or abort from a stored
+    /// identity; describe.
     #[command(subcommand)]
     Txn(txn::TxnCommand),
     /// Run the card-fraud job (exactly once, from Kafka to Kafka).
     Run(run::RunArgs),
+    /// Write synthetic card transactions (deterministic for a seed and start time).
+    Gen(gen::GenArgs),
+    /// Check the fraud job's output against its input (exit 1 on any discrepancy).
+    Verify(verify::VerifyArgs),
     /// The quick-start job: writes records and reads them back exactly once.
     Demo(demo::DemoArgs),
 }
@@ -97,5 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(client, args).await,
         Command::Run(args) => run::run(client, args).await,
         Command::Txn(cmd) => txn::run(client, cmd).await,
+        Command::Gen(args) => gen::run(client, args).await,
+        Command::Verify(args) => verify::run(client, args).await,
     }
 }

@@ -66,6 +66,8 @@ pub(super) async fn describe_by(
         state: CoordinatorState::parse(s.transaction_state.as_str()),
         producer_id: s.producer_id.0,
         producer_epoch: s.producer_epoch,
+        transaction_start_time_ms: s.transaction_start_time_ms,
+        transaction_timeout_ms: s.transaction_timeout_ms,
         partitions: s
             .topics
             .iter()

@@ -44,7 +44,7 @@
 //! and [`commit_prepared`]/[`abort_prepared`], `settle` the wait of a transaction's first write
 //! for the previous transaction's markers (a lost race costs 20 ms). `fake_tests` and
 //! `prepared_fake_tests` drive the producer through the client's scripted fake cluster
-//! ([`crate::client::fake_cluster`], tests only) on the paths a real broker cannot be made to take.
+//! (`client::fake_cluster`, tests only) on the paths a real broker cannot be made to take.
 
 mod coordinator;
 mod marker;
@@ -262,6 +262,10 @@ pub struct TxnDescription {
     pub producer_epoch: i16,
     /// Partitions in the ongoing transaction.
     pub partitions: Vec<(String, i32)>,
+    /// When the ongoing transaction started (epoch ms); -1 when none is open.
+    pub transaction_start_time_ms: i64,
+    /// The transaction timeout the producer asked for (the coordinator aborts after it).
+    pub transaction_timeout_ms: i32,
 }
 
 /// A transactional id's state on its coordinator, as DescribeTransactions reports it (the

@@ -597,6 +597,8 @@ mod tests {
             producer_id: 7,
             producer_epoch: epoch,
             partitions: vec![],
+            transaction_start_time_ms: -1,
+            transaction_timeout_ms: 60_000,
         }
     }
 

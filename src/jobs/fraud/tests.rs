@@ -309,3 +309,75 @@ async fn a_stopped_job_commits_a_final_checkpoint_and_the_next_run_resumes_from_
     assert_eq!(report.restored_from, stopped_at);
     assert_eq!(alerts(&sink), want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_metadata_file_of_the_newest_checkpoint_keeps_the_output_exact() {
+    let splits = input(40_000, 4, 19);
+    let want = expected(&splits, 60_000, 10);
+    let dir = temp_dir("fraud-metadata");
+    let sink = MemorySink::default();
+    run_until_checkpoints(&splits, &dir, &sink, 3).await;
+    let newest = newest_checkpoint(&dir);
+    std::fs::remove_file(newest.join("_metadata")).unwrap();
+    flip_byte(&newest.join("keyed-0"));
+    let report = build(
+        config(&dir, 2, 5),
+        FraudConfig::default(),
+        MemorySource::new(splits.clone(), 64),
+        sink.clone(),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(alerts(&sink), want, "{report:?}");
+    assert!(report.replayed_to.is_some(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotent_file_sink_is_exact_across_crashes() {
+    use crate::runtime::connector::IdempotentSinks;
+    use crate::runtime::sink::FileSink;
+    let splits = input(40_000, 4, 23);
+    let want = expected(&splits, 60_000, 10);
+    let dir = temp_dir("fraud-files");
+    let out = dir.join("out");
+    let make = |out: std::path::PathBuf| {
+        IdempotentSinks::new(
+            move |subtask: usize| FileSink::new(&out, subtask as u32),
+            |r: crate::runtime::connector::OutputRecord| {
+                r.value.map(|v| v.to_vec()).unwrap_or_default()
+            },
+        )
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    for _ in 0..6 {
+        let job = build(
+            config(&dir.join("chk"), 2, 5),
+            FraudConfig::default(),
+            MemorySource::new(splits.clone(), 32),
+            make(out.clone()),
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_millis(rng.random_range(5..60)), job.run()).await;
+    }
+    build(
+        config(&dir.join("chk"), 2, 5),
+        FraudConfig::default(),
+        MemorySource::new(splits.clone(), 64),
+        make(out.clone()),
+    )
+    .run()
+    .await
+    .unwrap();
+    let mut got: Vec<Alert> = Vec::new();
+    for e in std::fs::read_dir(&out).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "out") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                got.push(serde_json::from_str(line).unwrap());
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(got, want);
+}

@@ -37,6 +37,10 @@ use crate::runtime::RuntimeError;
 
 /// The name of the metadata file in a checkpoint directory (Flink's name too).
 pub const METADATA_FILE: &str = "_metadata";
+/// A second copy of the metadata, written after the first: a checkpoint whose metadata file is
+/// lost or damaged still tells its positions and committables (whose transactions may already be
+/// committed), so that restoring an older checkpoint cannot duplicate output.
+pub const METADATA_COPY_FILE: &str = "_metadata.copy";
 /// The section of the metadata file that holds the JSON.
 const METADATA_SECTION: &str = "metadata";
 /// The prefix of temporary files.
@@ -209,6 +213,7 @@ fn check_name(name: &str) -> Result<(), RuntimeError> {
     let ok = !name.is_empty()
         && name.len() <= FILE_NAME_BYTES_MAX
         && name != METADATA_FILE
+        && name != METADATA_COPY_FILE
         && !name.starts_with('.')
         && name
             .bytes()
@@ -261,9 +266,8 @@ impl LocalDirStore {
     }
 
     fn is_complete(&self, checkpoint_id: u64) -> bool {
-        self.checkpoint_dir(checkpoint_id)
-            .join(METADATA_FILE)
-            .is_file()
+        let dir = self.checkpoint_dir(checkpoint_id);
+        dir.join(METADATA_FILE).is_file() || dir.join(METADATA_COPY_FILE).is_file()
     }
 
     /// Removes temporary files (left by a crash) from checkpoint `checkpoint_id`'s directory.
@@ -288,8 +292,28 @@ impl LocalDirStore {
         checkpoint_id: u64,
         job_schema_hash: u64,
     ) -> Result<CheckpointMetadata, (PathBuf, String)> {
+        match self.read_meta_file(checkpoint_id, job_schema_hash, METADATA_FILE) {
+            Ok(m) => Ok(m),
+            Err(first) => {
+                match self.read_meta_file(checkpoint_id, job_schema_hash, METADATA_COPY_FILE) {
+                    Ok(m) => {
+                        tracing::warn!(path = %first.0.display(), reason = %first.1, "checkpoint metadata damaged; its copy is intact");
+                        Ok(m)
+                    }
+                    Err(_) => Err(first),
+                }
+            }
+        }
+    }
+
+    fn read_meta_file(
+        &self,
+        checkpoint_id: u64,
+        job_schema_hash: u64,
+        file: &str,
+    ) -> Result<CheckpointMetadata, (PathBuf, String)> {
         let dir = self.checkpoint_dir(checkpoint_id);
-        let meta_path = dir.join(METADATA_FILE);
+        let meta_path = dir.join(file);
         let reason_of = |e: RuntimeError| match e {
             RuntimeError::CorruptCheckpoint { reason, .. } => reason,
             other => other.to_string(),
@@ -403,6 +427,7 @@ impl CheckpointStore for LocalDirStore {
         let bytes = w.finish()?;
         let dir = self.ensure_checkpoint_dir(id)?;
         write_durably(&dir, METADATA_FILE, &bytes)?;
+        write_durably(&dir, METADATA_COPY_FILE, &bytes)?;
 
         // Retention: the newest `retain` complete checkpoints stay; incomplete ones older than
         // the newest complete one can never complete (at most one checkpoint is in flight, and
@@ -493,11 +518,13 @@ impl CheckpointStore for LocalDirStore {
 
     fn delete(&self, checkpoint_id: u64) -> Result<(), RuntimeError> {
         let dir = self.checkpoint_dir(checkpoint_id);
-        let meta = dir.join(METADATA_FILE);
-        match fs::remove_file(&meta) {
-            Ok(()) => fsync_dir(&dir)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("remove", &meta)(e)),
+        for name in [METADATA_FILE, METADATA_COPY_FILE] {
+            let meta = dir.join(name);
+            match fs::remove_file(&meta) {
+                Ok(()) => fsync_dir(&dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("remove", &meta)(e)),
+            }
         }
         match fs::remove_dir_all(&dir) {
             Ok(()) => fsync_dir(&self.dir),
@@ -665,16 +692,20 @@ mod tests {
         );
     }
 
+    fn flip_metadata(path: &Path) {
+        let mut bytes = fs::read(path).unwrap();
+        let last = bytes.len() - 70;
+        bytes[last] ^= 0x20;
+        fs::write(path, bytes).unwrap();
+    }
+
     #[test]
-    fn flipped_metadata_falls_back() {
+    fn flipped_metadata_and_copy_fall_back() {
         falls_back(
             "flipped-meta",
             |dir| {
-                let path = dir.join(METADATA_FILE);
-                let mut bytes = fs::read(&path).unwrap();
-                let last = bytes.len() - 70;
-                bytes[last] ^= 0x20;
-                fs::write(&path, bytes).unwrap();
+                flip_metadata(&dir.join(METADATA_FILE));
+                flip_metadata(&dir.join(METADATA_COPY_FILE));
             },
             METADATA_FILE,
             "checksum mismatch",
@@ -683,14 +714,55 @@ mod tests {
     }
 
     #[test]
-    fn deleted_metadata_falls_back() {
+    fn deleted_metadata_and_copy_fall_back() {
         falls_back(
             "no-meta",
-            |dir| fs::remove_file(dir.join(METADATA_FILE)).unwrap(),
+            |dir| {
+                fs::remove_file(dir.join(METADATA_FILE)).unwrap();
+                fs::remove_file(dir.join(METADATA_COPY_FILE)).unwrap();
+            },
             "",
             "no _metadata file: the checkpoint never completed",
             true,
         );
+    }
+
+    /// One damaged or lost metadata file is not a damaged checkpoint: its copy stands in.
+    #[test]
+    fn one_metadata_file_damaged_or_lost_is_covered_by_the_other() {
+        for (name, damage) in [
+            (
+                "flip-main",
+                Box::new(|d: &Path| flip_metadata(&d.join(METADATA_FILE))) as Box<dyn Fn(&Path)>,
+            ),
+            (
+                "flip-copy",
+                Box::new(|d: &Path| flip_metadata(&d.join(METADATA_COPY_FILE))),
+            ),
+            (
+                "rm-main",
+                Box::new(|d: &Path| fs::remove_file(d.join(METADATA_FILE)).unwrap()),
+            ),
+        ] {
+            let tmp = TempDir::new(name);
+            let store = LocalDirStore::new(&tmp.0, 3).unwrap();
+            for id in 1..=3 {
+                take(&store, id);
+            }
+            damage(&store.checkpoint_dir(3));
+            let latest = store.latest_complete(JOB).unwrap();
+            assert_eq!(
+                restored_id(&latest),
+                Some(3),
+                "{name}: {:?}",
+                latest.rejected
+            );
+            assert_eq!(
+                store.read_metadata(3, JOB).unwrap().checkpoint_id,
+                3,
+                "{name}"
+            );
+        }
     }
 
     #[test]
