@@ -1252,7 +1252,7 @@ enum Damage {
     Truncate,
     /// Flip 16 bytes in the middle of its largest snapshot file.
     FlipBytes,
-    /// Remove its metadata file.
+    /// Remove its metadata file (every copy).
     RemoveMetadata,
 }
 
@@ -1364,12 +1364,11 @@ async fn corruption_case(damage: Damage, seed: u64) {
 
 /// Damages `checkpoint` as `damage` says and returns the file it changed.
 fn damage_checkpoint(checkpoint: &CheckpointDir, damage: Damage) -> PathBuf {
-    let metadata = checkpoint.metadata.clone().expect("a complete checkpoint");
-    if damage == Damage::RemoveMetadata {
-        std::fs::remove_file(&metadata).expect("remove the metadata file");
-        return metadata;
-    }
-    // The largest file other than the metadata (the metadata itself if it is alone).
+    assert!(checkpoint.metadata.is_some(), "a complete checkpoint");
+    let is_metadata = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| is_metadata_file(&n.to_string_lossy()))
+    };
     let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&checkpoint.path)
         .expect("read the checkpoint dir")
         .flatten()
@@ -1377,10 +1376,19 @@ fn damage_checkpoint(checkpoint: &CheckpointDir, damage: Damage) -> PathBuf {
         .map(|e| (e.metadata().map(|m| m.len()).unwrap_or(0), e.path()))
         .collect();
     files.sort();
+    if damage == Damage::RemoveMetadata {
+        // Every copy of it (the job keeps `_metadata` and `_metadata.copy`): as if the
+        // checkpoint had never completed.
+        for (_, p) in files.iter().filter(|(_, p)| is_metadata(p)) {
+            std::fs::remove_file(p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+        }
+        return checkpoint.path.clone();
+    }
+    // The largest file other than the metadata (the metadata itself if it is alone).
     let victim = files
         .iter()
         .rev()
-        .find(|(_, p)| *p != metadata)
+        .find(|(_, p)| !is_metadata(p))
         .or_else(|| files.last())
         .map(|(_, p)| p.clone())
         .expect("a file in the checkpoint");
