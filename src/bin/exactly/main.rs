@@ -66,7 +66,7 @@ enum Command {
     #[command(subcommand)]
     Txn(txn::TxnCommand),
     /// Run the card-fraud job (exactly once, from Kafka to Kafka).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Write synthetic card transactions (deterministic for a seed and start time).
     Gen(gen::GenArgs),
     /// Check the fraud job's output against its input (exit 1 on any discrepancy).
@@ -131,7 +131,7 @@ pub(crate) async fn connect(brokers: &str, connect_deadline_ms: u64) -> anyhow::
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Run(args) = cli.command {
         // `run` takes its brokers from its layered configuration (file, environment, flag).
-        return run::run(cli.brokers, cli.connect_deadline_ms, args).await;
+        return run::run(cli.brokers, cli.connect_deadline_ms, *args).await;
     }
     let brokers = cli
         .brokers
