@@ -266,3 +266,82 @@ async fn run_job(client: Client, args: RunSettings, bounded: bool) -> anyhow::Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::config::{merge, RunSettings};
+    use crate::{Cli, Command};
+
+    /// Every configuration key has its flag, and each flag reaches its key.
+    #[test]
+    fn every_key_has_a_flag() {
+        let cli = Cli::try_parse_from([
+            "exactly",
+            "run",
+            "--brokers",
+            "k:1",
+            "--input",
+            "a",
+            "--output",
+            "b",
+            "--dead-letter",
+            "d",
+            "--checkpoint-dir",
+            "c",
+            "--checkpoint-interval-ms",
+            "2",
+            "--checkpoint-timeout-ms",
+            "3",
+            "--transactional-id-prefix",
+            "p",
+            "--parallelism",
+            "4",
+            "--window-ms",
+            "5",
+            "--threshold",
+            "6",
+            "--out-of-orderness-ms",
+            "7",
+            "--idle-timeout-ms",
+            "8",
+            "--transaction-timeout-ms",
+            "9",
+            "--metrics-addr",
+            "h:1",
+            "--restarts",
+            "11",
+            "--restart-delay-ms",
+            "12",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let mut flags = args.flags();
+        flags.push(("brokers", cli.brokers.unwrap()));
+        assert_eq!(
+            merge(None, &[], &flags).unwrap(),
+            RunSettings {
+                brokers: "k:1".into(),
+                input: "a".into(),
+                output: "b".into(),
+                dead_letter: Some("d".into()),
+                checkpoint_dir: "c".into(),
+                checkpoint_interval_ms: 2,
+                checkpoint_timeout_ms: 3,
+                transactional_id_prefix: "p".into(),
+                parallelism: 4,
+                window_ms: 5,
+                threshold: 6,
+                out_of_orderness_ms: 7,
+                idle_timeout_ms: 8,
+                transaction_timeout_ms: 9,
+                metrics_addr: Some("h:1".into()),
+                restarts: 11,
+                restart_delay_ms: 12,
+            }
+        );
+    }
+}
