@@ -12,6 +12,7 @@ mod compacted;
 mod fault_proxy;
 mod faults;
 mod interop;
+mod ops_cli;
 mod prepared_outcome;
 mod produce_fetch;
 mod producer_limits;

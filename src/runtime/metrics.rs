@@ -36,8 +36,9 @@ impl Gauge {
     }
 }
 
-/// Observations (e.g. durations in ms), the most recent `capacity` kept for percentiles, plus
-/// a total count and sum.
+/// Observations (e.g. durations in ms), the most recent [`HISTOGRAM_RECENT_MAX`] kept for
+/// percentiles, plus a total count and sum and counts per fixed bucket
+/// ([`HISTOGRAM_BUCKET_BOUNDS`], for Prometheus, whose histograms are cumulative buckets).
 #[derive(Debug)]
 pub struct Histogram {
     inner: Mutex<HistogramInner>,
@@ -49,10 +50,21 @@ struct HistogramInner {
     next: usize,
     count: u64,
     sum: f64,
+    /// Observations per bucket: `buckets[i]` counts those in
+    /// `(HISTOGRAM_BUCKET_BOUNDS[i - 1], HISTOGRAM_BUCKET_BOUNDS[i]]`; the last, those above
+    /// every bound.
+    buckets: [u64; HISTOGRAM_BUCKET_BOUNDS.len() + 1],
 }
 
 /// How many observations a histogram keeps for percentiles.
 pub const HISTOGRAM_RECENT_MAX: usize = 4096;
+
+/// Upper bounds (inclusive) of the histogram buckets: 1-2-5 steps from 1 to 5·10⁹, wide enough
+/// for milliseconds (a few ms to hours) and bytes (a few bytes to gigabytes) alike.
+pub const HISTOGRAM_BUCKET_BOUNDS: [f64; 30] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 1e2, 2e2, 5e2, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5,
+    1e6, 2e6, 5e6, 1e7, 2e7, 5e7, 1e8, 2e8, 5e8, 1e9, 2e9, 5e9,
+];
 
 impl Default for Histogram {
     fn default() -> Self {
@@ -62,6 +74,7 @@ impl Default for Histogram {
                 next: 0,
                 count: 0,
                 sum: 0.0,
+                buckets: [0; HISTOGRAM_BUCKET_BOUNDS.len() + 1],
             }),
         }
     }
@@ -73,6 +86,9 @@ impl Histogram {
         let mut h = self.inner.lock().expect("histogram lock");
         h.count += 1;
         h.sum += v;
+        // NaN lands in the last bucket (no bound is >= NaN).
+        let bucket = HISTOGRAM_BUCKET_BOUNDS.partition_point(|bound| *bound < v);
+        h.buckets[bucket] += 1;
         if h.recent.len() < HISTOGRAM_RECENT_MAX {
             h.recent.push(v);
         } else {
@@ -91,6 +107,17 @@ impl Histogram {
         v.sort_by(|a, b| a.total_cmp(b));
         let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
         Some(v[i])
+    }
+    /// Observations per bucket, not cumulative: `(upper bound, count)` for each of
+    /// [`HISTOGRAM_BUCKET_BOUNDS`], then `(f64::INFINITY, count above the last bound)`.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        let h = self.inner.lock().expect("histogram lock");
+        HISTOGRAM_BUCKET_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(h.buckets.iter().copied())
+            .collect()
     }
     /// Count and sum of all observations.
     pub fn count_sum(&self) -> (u64, f64) {
@@ -173,6 +200,15 @@ mod tests {
         assert_eq!(h.quantile(0.5), Some(51.0));
         assert_eq!(h.quantile(0.99), Some(99.0));
         assert_eq!(r.histogram("x_ms", "x").count_sum(), (100, 5050.0));
+        let buckets = h.buckets();
+        assert_eq!(buckets.len(), HISTOGRAM_BUCKET_BOUNDS.len() + 1);
+        // 1 | 2 | 3..=5 | 6..=10 | 11..=20 | 21..=50 | 51..=100, nothing above.
+        let counts: Vec<u64> = buckets.iter().map(|(_, n)| *n).collect();
+        assert_eq!(&counts[..8], &[1, 1, 3, 5, 10, 30, 50, 0]);
+        assert_eq!(counts.iter().sum::<u64>(), 100);
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 0)));
+        h.observe(1e12);
+        assert_eq!(h.buckets().last(), Some(&(f64::INFINITY, 1)));
         r.counter("c", "c").add(2);
         assert_eq!(r.counter("c", "c").get(), 2);
     }

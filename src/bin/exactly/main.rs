@@ -4,10 +4,12 @@
 //! become messages for a person, with a non-zero exit status.
 
 mod cards;
+mod config;
 mod consume;
 mod demo;
 mod gen;
 mod produce;
+mod prometheus;
 mod run;
 mod topics;
 mod txn;
@@ -21,14 +23,17 @@ use exactly::client::{Client, ClientConfig};
 #[derive(Debug, Parser)]
 #[command(name = "exactly", version, about)]
 struct Cli {
-    /// Bootstrap brokers, comma-separated host:port pairs.
-    #[arg(
-        long,
-        global = true,
-        env = "EXACTLY_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    brokers: String,
+    /// Bootstrap brokers, comma-separated host:port pairs [env: EXACTLY_BROKERS]
+    /// [default: 127.0.0.1:9092].
+    // The environment is read by hand, not by clap: `exactly run` must tell a flag from a
+    // variable (its configuration errors say where a value came from).
+    #[arg(long, global = true, value_name = "HOST:PORT,...")]
+    brokers: Option<String>,
+
+    /// Log format on stderr: `text` for people, `json` (one object a line) for log pipelines.
+    /// The level comes from EXACTLY_LOG (e.g. `info`, `exactly=debug`; default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 
     /// How long to keep retrying to reach the brokers, in ms.
     #[arg(long, global = true, default_value_t = 15_000)]
@@ -36,6 +41,15 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,7 +66,7 @@ enum Command {
     #[command(subcommand)]
     Txn(txn::TxnCommand),
     /// Run the card-fraud job (exactly once, from Kafka to Kafka).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Write synthetic card transactions (deterministic for a seed and start time).
     Gen(gen::GenArgs),
     /// Check the fraud job's output against its input (exit 1 on any discrepancy).
@@ -62,15 +76,31 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// Logs through `tracing` on stderr, at the level of `EXACTLY_LOG` (an `EnvFilter` directive;
+/// `warn` when unset; a malformed one is reported and `warn` used).
+fn init_logs(format: LogFormat) {
+    let filter = match std::env::var("EXACTLY_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("warn"),
+        Ok(directives) => match tracing_subscriber::EnvFilter::try_new(&directives) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("exactly: ignoring EXACTLY_LOG={directives:?} ({e}); logging at warn");
+                tracing_subscriber::EnvFilter::new("warn")
+            }
+        },
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EXACTLY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,25 +120,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Connects to `brokers`, retrying for `connect_deadline_ms`.
+pub(crate) async fn connect(brokers: &str, connect_deadline_ms: u64) -> anyhow::Result<Client> {
+    let mut config = ClientConfig::new(brokers);
+    config.retry.deadline_ms = connect_deadline_ms;
+    Client::connect(config).await.with_context(|| {
+        format!("cannot reach Kafka at {brokers} (set --brokers or EXACTLY_BROKERS)")
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Run(args) = cli.command {
+        // `run` takes its brokers from its layered configuration (file, environment, flag).
+        return run::run(cli.brokers, cli.connect_deadline_ms, *args).await;
+    }
+    let brokers = cli
+        .brokers
+        .or_else(|| std::env::var("EXACTLY_BROKERS").ok())
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
     // The demo connects by itself: it may have to start the broker first.
     if let Command::Demo(args) = cli.command {
-        return demo::run(&cli.brokers, cli.connect_deadline_ms, args).await;
+        return demo::run(&brokers, cli.connect_deadline_ms, args).await;
     }
-    let mut config = ClientConfig::new(&cli.brokers);
-    config.retry.deadline_ms = cli.connect_deadline_ms;
-    let client = Client::connect(config).await.with_context(|| {
-        format!(
-            "cannot reach Kafka at {} (set --brokers or EXACTLY_BROKERS)",
-            cli.brokers
-        )
-    })?;
+    let client = connect(&brokers, cli.connect_deadline_ms).await?;
     match cli.command {
         Command::Topics(cmd) => topics::run(client, cmd).await,
         Command::Produce(args) => produce::run(client, args).await,
         Command::Consume(args) => consume::run(client, args).await,
-        Command::Demo(_) => unreachable!("handled above"),
-        Command::Run(args) => run::run(client, args).await,
+        Command::Demo(_) | Command::Run(_) => unreachable!("handled above"),
         Command::Txn(cmd) => txn::run(client, cmd).await,
         Command::Gen(args) => gen::run(client, args).await,
         Command::Verify(args) => verify::run(client, args).await,

@@ -14,69 +14,153 @@ use exactly::runtime::sink::KafkaSinkConfig;
 use exactly::runtime::source::KafkaSourceConfig;
 use exactly::runtime::{JobConfig, RuntimeError};
 
+use crate::config::{self, RunSettings};
+use crate::prometheus;
+
+/// Flags of `exactly run`. The configuration keys are text here and typed by
+/// [`config::merge`], which also reads the `--config` file and `EXACTLY_<KEY>` variables and
+/// says which of them a rejected value came from.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Topic of card transactions (JSON: user_id, amount, card, ts).
-    #[arg(long)]
-    input: String,
-    /// Topic the alerts go to.
-    #[arg(long)]
-    output: String,
+    /// A TOML file of configuration keys (snake_case, e.g. `checkpoint_dir = "/var/lib/x"`);
+    /// `EXACTLY_<KEY>` variables override it, flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Topic of card transactions (JSON: user_id, amount, card, ts). Required.
+    #[arg(long, value_name = "TOPIC")]
+    input: Option<String>,
+    /// Topic the alerts go to. Required.
+    #[arg(long, value_name = "TOPIC")]
+    output: Option<String>,
     /// Topic for input records that are not card transactions (reason in a header).
-    #[arg(long)]
+    #[arg(long, value_name = "TOPIC")]
     dead_letter: Option<String>,
-    /// Directory of the checkpoints.
-    #[arg(long)]
-    checkpoint_dir: PathBuf,
-    /// Checkpoint interval.
-    #[arg(long, default_value_t = 1_000)]
-    checkpoint_interval_ms: u64,
-    /// A checkpoint not complete after this long is abandoned.
-    #[arg(long, default_value_t = 10_000)]
-    checkpoint_timeout_ms: u64,
-    /// Prefix of the sink's transactional ids (`<prefix>-<subtask>-<slot>`): one per job.
-    #[arg(long, default_value = "exactly-fraud")]
-    transactional_id_prefix: String,
-    /// Subtasks per stage.
-    #[arg(long, default_value_t = 1)]
-    parallelism: usize,
-    /// Window length.
-    #[arg(long, default_value_t = 60_000)]
-    window_ms: i64,
-    /// Alert when a user has more transactions than this in a window.
-    #[arg(long, default_value_t = 10)]
-    threshold: u64,
-    /// How far event time may go backwards within a partition.
-    #[arg(long, default_value_t = 5_000)]
-    out_of_orderness_ms: i64,
-    /// A partition without records for this long is left out of the watermark.
-    #[arg(long, default_value_t = 30_000)]
-    idle_timeout_ms: u64,
-    /// The sink's transaction timeout (above interval + checkpoint timeout).
-    #[arg(long, default_value_t = 60_000)]
-    transaction_timeout_ms: i32,
+    /// Directory of the checkpoints. Required.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<String>,
+    /// Checkpoint interval [default: 1000].
+    #[arg(long, value_name = "MS")]
+    checkpoint_interval_ms: Option<String>,
+    /// A checkpoint not complete after this long is abandoned [default: 10000].
+    #[arg(long, value_name = "MS")]
+    checkpoint_timeout_ms: Option<String>,
+    /// Prefix of the sink's transactional ids (`<prefix>-<subtask>-<slot>`): one per job
+    /// [default: exactly-fraud].
+    #[arg(long, value_name = "PREFIX")]
+    transactional_id_prefix: Option<String>,
+    /// Subtasks per stage [default: 1].
+    #[arg(long, value_name = "N")]
+    parallelism: Option<String>,
+    /// Window length [default: 60000].
+    #[arg(long, value_name = "MS")]
+    window_ms: Option<String>,
+    /// Alert when a user has more transactions than this in a window [default: 10].
+    #[arg(long, value_name = "N")]
+    threshold: Option<String>,
+    /// How far event time may go backwards within a partition [default: 5000].
+    #[arg(long, value_name = "MS")]
+    out_of_orderness_ms: Option<String>,
+    /// A partition without records for this long is left out of the watermark [default: 30000].
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<String>,
+    /// The sink's transaction timeout, above interval + checkpoint timeout [default: 60000].
+    #[arg(long, value_name = "MS")]
+    transaction_timeout_ms: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, printed).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// How many times a failed job restarts from its latest checkpoint before giving up
+    /// [default: 10].
+    #[arg(long, value_name = "N")]
+    restarts: Option<String>,
+    /// Delay before a restart (jittered: half to all of it) [default: 2000].
+    #[arg(long, value_name = "MS")]
+    restart_delay_ms: Option<String>,
     /// Stop once the input offsets current at start are consumed: fire every window, take a
     /// final checkpoint, commit, exit 0.
     #[arg(long)]
     bounded: bool,
-    /// How many times a failed job restarts from its latest checkpoint before giving up.
-    #[arg(long, default_value_t = 10)]
-    restarts: u32,
-    /// Delay before a restart (jittered: half to all of it).
-    #[arg(long, default_value_t = 2_000)]
-    restart_delay_ms: u64,
 }
 
-pub(crate) async fn run(client: Client, args: RunArgs) -> anyhow::Result<()> {
+impl RunArgs {
+    /// The configuration flags given, as `(key, value)`.
+    fn flags(&self) -> Vec<(&'static str, String)> {
+        [
+            ("input", &self.input),
+            ("output", &self.output),
+            ("dead_letter", &self.dead_letter),
+            ("checkpoint_dir", &self.checkpoint_dir),
+            ("checkpoint_interval_ms", &self.checkpoint_interval_ms),
+            ("checkpoint_timeout_ms", &self.checkpoint_timeout_ms),
+            ("transactional_id_prefix", &self.transactional_id_prefix),
+            ("parallelism", &self.parallelism),
+            ("window_ms", &self.window_ms),
+            ("threshold", &self.threshold),
+            ("out_of_orderness_ms", &self.out_of_orderness_ms),
+            ("idle_timeout_ms", &self.idle_timeout_ms),
+            ("transaction_timeout_ms", &self.transaction_timeout_ms),
+            ("metrics_addr", &self.metrics_addr),
+            ("restarts", &self.restarts),
+            ("restart_delay_ms", &self.restart_delay_ms),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// Merges the configuration (defaults, `--config` file, environment, flags; `brokers` is the
+/// global `--brokers` flag if given), connects, and runs the job.
+pub(crate) async fn run(
+    brokers_flag: Option<String>,
+    connect_deadline_ms: u64,
+    args: RunArgs,
+) -> anyhow::Result<()> {
+    let text = match &args.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let path = args.config.as_ref().map(|p| p.display().to_string());
+    let file = match (&path, &text) {
+        (Some(path), Some(text)) => Some(config::ConfigFile { path, text }),
+        _ => None,
+    };
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let mut flags = args.flags();
+    if let Some(brokers) = brokers_flag {
+        flags.push(("brokers", brokers));
+    }
+    let settings = config::merge(file, &env, &flags)?;
+    tracing::info!(?settings, "configuration");
+    let client = crate::connect(&settings.brokers, connect_deadline_ms).await?;
+    run_job(client, settings, args.bounded).await
+}
+
+async fn run_job(client: Client, args: RunSettings, bounded: bool) -> anyhow::Result<()> {
     let metrics = Registry::default();
+    let metrics_server = match &args.metrics_addr {
+        Some(addr) => {
+            let (local, task) = prometheus::serve(addr, metrics.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr} (metrics_addr)"))?;
+            eprintln!("exactly: metrics at http://{local}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let mut config = JobConfig::new("fraud", &args.checkpoint_dir);
     config.parallelism = args.parallelism;
-    config.bounded = args.bounded;
+    config.bounded = bounded;
     config.checkpoint.interval_ms = args.checkpoint_interval_ms;
     config.checkpoint.timeout_ms = args.checkpoint_timeout_ms;
     config.metrics = metrics.clone();
     let mut source = KafkaSourceConfig::new([args.input.clone()]);
-    source.bounded = args.bounded;
+    source.bounded = bounded;
     let mut sink = KafkaSinkConfig::new(args.transactional_id_prefix.clone());
     sink.transaction_timeout_ms = args.transaction_timeout_ms;
     let fraud_config = FraudConfig {
@@ -177,5 +261,87 @@ pub(crate) async fn run(client: Client, args: RunArgs) -> anyhow::Result<()> {
         }
     }
     println!("{}", serde_json::Value::Object(line));
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::config::{merge, RunSettings};
+    use crate::{Cli, Command};
+
+    /// Every configuration key has its flag, and each flag reaches its key.
+    #[test]
+    fn every_key_has_a_flag() {
+        let cli = Cli::try_parse_from([
+            "exactly",
+            "run",
+            "--brokers",
+            "k:1",
+            "--input",
+            "a",
+            "--output",
+            "b",
+            "--dead-letter",
+            "d",
+            "--checkpoint-dir",
+            "c",
+            "--checkpoint-interval-ms",
+            "2",
+            "--checkpoint-timeout-ms",
+            "3",
+            "--transactional-id-prefix",
+            "p",
+            "--parallelism",
+            "4",
+            "--window-ms",
+            "5",
+            "--threshold",
+            "6",
+            "--out-of-orderness-ms",
+            "7",
+            "--idle-timeout-ms",
+            "8",
+            "--transaction-timeout-ms",
+            "9",
+            "--metrics-addr",
+            "h:1",
+            "--restarts",
+            "11",
+            "--restart-delay-ms",
+            "12",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let mut flags = args.flags();
+        flags.push(("brokers", cli.brokers.unwrap()));
+        assert_eq!(
+            merge(None, &[], &flags).unwrap(),
+            RunSettings {
+                brokers: "k:1".into(),
+                input: "a".into(),
+                output: "b".into(),
+                dead_letter: Some("d".into()),
+                checkpoint_dir: "c".into(),
+                checkpoint_interval_ms: 2,
+                checkpoint_timeout_ms: 3,
+                transactional_id_prefix: "p".into(),
+                parallelism: 4,
+                window_ms: 5,
+                threshold: 6,
+                out_of_orderness_ms: 7,
+                idle_timeout_ms: 8,
+                transaction_timeout_ms: 9,
+                metrics_addr: Some("h:1".into()),
+                restarts: 11,
+                restart_delay_ms: 12,
+            }
+        );
+    }
 }

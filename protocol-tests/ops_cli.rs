@@ -1,0 +1,306 @@
+//! `exactly run`'s operations surface, run as the binary against the real broker: its layered
+//! configuration (a `--config` TOML file, `EXACTLY_<KEY>` variables, flags; errors naming the key
+//! and where it came from), the Prometheus endpoint (`--metrics-addr`: scraped while the job
+//! runs, `records_in` growing as input arrives), JSON logs, and SIGTERM ending it with exit 0.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use exactly::client::admin::Admin;
+
+use crate::common::{brokers, client, exactly_bin, unique_topic};
+
+const START_MS: &str = "1700000000000";
+/// Longest any step may take before the test fails (bounded run time).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn exactly() -> Command {
+    let mut c = Command::new(exactly_bin());
+    c.env("EXACTLY_BROKERS", brokers())
+        .env_remove("EXACTLY_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `exactly ARGS` with `env` to its end (killed after [`DEADLINE`]).
+fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = exactly()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the exactly binary");
+    let began = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if began.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("exactly {args:?} ran longer than {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+fn gen(topic: &str, count: &str, seed: &str) {
+    let out = output(
+        &[
+            "gen",
+            "--topic",
+            topic,
+            "--count",
+            count,
+            "--users",
+            "20",
+            "--seed",
+            seed,
+            "--start-ms",
+            START_MS,
+            "--partitions",
+            "2",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "gen failed: {out:?}");
+}
+
+/// The configuration error of `exactly run` with these arguments and variables: it must fail
+/// before touching Kafka, with one line naming the problem.
+fn config_error(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    // An unreachable broker: a configuration error must come before any connection attempt.
+    let mut env = env.to_vec();
+    env.push(("EXACTLY_BROKERS", "127.0.0.1:1"));
+    let out = output(&all, &env);
+    assert!(!out.status.success(), "accepted: {args:?} {env:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("invalid configuration"),
+        "not a configuration error: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_where_it_came_from() {
+    let dir = std::env::temp_dir().join(unique_topic("ops-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("job.toml");
+    let file_s = file.to_str().unwrap();
+    let base = [
+        "--input",
+        "in",
+        "--output",
+        "out",
+        "--checkpoint-dir",
+        "/tmp/x",
+    ];
+
+    std::fs::write(&file, "input = \"in\"\ncheckpoint-dir = \"/tmp/x\"\n").unwrap();
+    let e = config_error(&["--config", file_s], &[]);
+    assert!(e.contains("`checkpoint-dir`") && e.contains(file_s), "{e}");
+    assert!(e.contains("did you mean `checkpoint_dir`"), "{e}");
+
+    std::fs::write(&file, "parallelism = 0\n").unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--config", file_s]);
+    let e = config_error(&args, &[]);
+    assert!(e.contains("`parallelism`") && e.contains(file_s), "{e}");
+
+    // The variable overrides the file, and the message says it was the variable.
+    std::fs::write(&file, "window_ms = 1000\n").unwrap();
+    let e = config_error(&args, &[("EXACTLY_WINDOW_MS", "-1")]);
+    assert!(
+        e.contains("`window_ms`") && e.contains("EXACTLY_WINDOW_MS"),
+        "{e}"
+    );
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--checkpoint-interval-ms",
+        "30000",
+        "--transaction-timeout-ms",
+        "40000",
+    ]);
+    let e = config_error(&args, &[]);
+    assert!(
+        e.contains("`transaction_timeout_ms` from the flag --transaction-timeout-ms"),
+        "{e}"
+    );
+    assert!(e.contains("checkpoint_interval_ms from the flag"), "{e}");
+
+    let e = config_error(&base[2..], &[]);
+    assert!(e.contains("`input`") && e.contains("required"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A plain HTTP GET of `/metrics`: the body.
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `name` (no labels) in an exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes until `done` holds for the exposition, up to [`DEADLINE`].
+fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let began = Instant::now();
+    loop {
+        let text = scrape(addr);
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            began.elapsed() < DEADLINE,
+            "metrics never showed {what}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kills the job if the test fails half-way.
+struct Job(Child);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_serves_the_running_jobs_metrics() {
+    let client = client().await;
+    let input = unique_topic("ops-metrics-in");
+    let output_topic = unique_topic("ops-metrics-out");
+    Admin::new(client.clone())
+        .create_topic(&output_topic, 1, &[("retention.ms", "-1")])
+        .await
+        .expect("create the output topic");
+    let dir = std::env::temp_dir().join(unique_topic("ops-metrics-ck"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("job.toml");
+    let prefix = unique_topic("ops-metrics");
+    tokio::task::spawn_blocking(move || {
+        gen(&input, "300", "1");
+        // Most of the configuration from the file, one key from the environment, the metrics
+        // address from a flag.
+        std::fs::write(
+            &file,
+            format!(
+                "input = {input:?}\noutput = {output_topic:?}\ncheckpoint_dir = {:?}\n\
+                 transactional_id_prefix = {prefix:?}\n",
+                dir.join("ck").to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let mut child = exactly()
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&file)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .env("EXACTLY_CHECKPOINT_INTERVAL_MS", "300")
+            .env("EXACTLY_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start exactly run");
+        let stderr = child.stderr.take().unwrap();
+        let mut job = Job(child);
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Some(rest) = line.strip_prefix("exactly: metrics at http://") {
+                    let _ = addr_tx.send(rest.trim_end_matches("/metrics").to_string());
+                }
+                seen.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no metrics address: {:?}", lines.lock().unwrap()));
+
+        let text = scrape_until(&addr, "the first 300 records and a checkpoint", |t| {
+            sample(t, "exactly_records_in_total") == Some(300.0)
+                && sample(t, "exactly_checkpoints_completed_total").unwrap_or(0.0) >= 1.0
+        });
+        for name in [
+            "# TYPE exactly_records_in counter",
+            "# TYPE exactly_records_out counter",
+            "# TYPE exactly_checkpoint_duration_ms histogram",
+            "exactly_checkpoint_duration_ms_bucket{le=\"+Inf\"}",
+            "# TYPE exactly_checkpoint_size_bytes histogram",
+            "# TYPE exactly_commit_latency_ms histogram",
+            "# TYPE exactly_dead_letter_records counter",
+            "# TYPE exactly_late_records counter",
+        ] {
+            assert!(text.contains(name), "no {name} in:\n{text}");
+        }
+        gen(&input, "200", "2");
+        scrape_until(&addr, "records_in grow to 500", |t| {
+            sample(t, "exactly_records_in_total") == Some(500.0)
+        });
+
+        // SIGTERM: a final checkpoint and commit, exit 0.
+        let pid = job.0.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let began = Instant::now();
+        let status = loop {
+            if let Some(status) = job.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(began.elapsed() < DEADLINE, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        job.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let lines = lines.lock().unwrap().clone();
+        assert!(status.success(), "exit {status} after SIGTERM: {lines:#?}");
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("report");
+        assert_eq!(report["records_in_total"], 500, "{report}");
+        // --log-format json: each log line is one JSON object (the plain `exactly:` lines are
+        // progress messages, not logs).
+        let logs: Vec<serde_json::Value> = lines
+            .iter()
+            .filter(|l| !l.starts_with("exactly:"))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert!(
+            logs.iter()
+                .any(|l| l["level"] == "INFO" && l["fields"].is_object()),
+            "{lines:#?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await
+    .unwrap();
+}
