@@ -545,7 +545,7 @@ impl Coordinator {
                         .map_or(0, |d| d.as_millis() as u64);
                     pending = Some(Pending { id, started: Instant::now(), created_ms, source_acks: 0, positions: Vec::new(), files: Vec::new(), committables: Vec::new() });
                     for c in &self.source_cmds {
-                        let _ = c.send(SourceCmd::Trigger(id)).await;
+                        let _ = c.send(SourceCmd::Trigger { id, last: final_wanted }).await;
                     }
                 }
                 _ = sleep_until(timeout_at.unwrap_or(far).into()), if timeout_at.is_some() => {

@@ -49,7 +49,12 @@ pub(crate) enum Message<K, T> {
 
 /// Coordinator → source subtask.
 pub(crate) enum SourceCmd {
-    Trigger(u64),
+    /// Checkpoint n; `last`: the job stops after it (a clean stop or the end of a bounded
+    /// input), so the source reads nothing more — a restart resumes exactly at the barrier.
+    Trigger {
+        id: u64,
+        last: bool,
+    },
     Complete(Vec<SplitOffset>),
 }
 
@@ -140,7 +145,10 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                 biased;
                 cmd = self.cmds.recv() => match cmd {
                     None => return Ok(()),
-                    Some(SourceCmd::Trigger(n)) => {
+                    Some(SourceCmd::Trigger { id: n, last }) => {
+                        if last {
+                            ended = true;
+                        }
                         // Records of earlier polls are all sent (below): the barrier follows them.
                         let positions = self.reader.positions();
                         for o in &self.outputs {
