@@ -218,3 +218,72 @@ async fn recover_commits_the_stored_prepared_transaction_before_init() {
         vec!["after-restart", "before-crash"]
     );
 }
+
+/// The crash test's lost checkpoint (job_crash, final run: EndTxn(commit) answered
+/// INVALID_TXN_STATE, the coordinator had aborted the transaction 8 ms before, no timeout). The
+/// broker reads one request per connection at a time, so a long-poll Fetch it holds (up to
+/// `max_wait_ms`) holds back every request pipelined behind it on that connection. When the
+/// source's fetches and the sink's coordinator requests share a connection, an
+/// InitProducerId of a job that is then killed reaches the coordinator only when the fetch
+/// returns — after the restarted job has opened its transaction under the same transactional
+/// id — and fences it: the coordinator aborts the transaction of a checkpoint that completes,
+/// its output is lost. Fetches must have their own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_queued_behind_a_long_poll_fetch_cannot_fence_a_later_transaction() {
+    use exactly::client::fetcher::{FetchConfig, Fetcher};
+    use exactly::protocol::messages::kstr;
+    use kafka_protocol::messages::{InitProducerIdRequest, ProducerId, TransactionalId};
+
+    let old = client().await;
+    let topic = create_topic(&old, "stale-init", 1).await;
+    let idle = create_topic(&old, "stale-init-idle", 1).await;
+    let transactional_id = unique_topic("stale-init");
+    // The old incarnation: a fetch at the end of an empty partition, which the broker holds.
+    let fetcher = Fetcher::new(
+        old.clone(),
+        FetchConfig {
+            max_wait_ms: 3_000,
+            ..FetchConfig::default()
+        },
+    );
+    let fetch = tokio::spawn(async move { fetcher.fetch(&idle, 0, 0).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Its InitProducerId (as the transactional producer sends it, on the client's connection to
+    // the coordinator), then the incarnation dies: the request is on its way, the answer is lost.
+    let node = old.leader(&topic, 0).await.expect("leader");
+    let conn = old.broker(node).await.expect("connection");
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(kstr(transactional_id.clone()))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let init = tokio::spawn(async move { conn.request(&request).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    init.abort();
+
+    // The next incarnation, on its own client: init, write, prepare.
+    let new = client().await;
+    let producer = TransactionalProducer::init(new.clone(), config_for(&transactional_id))
+        .await
+        .expect("init");
+    producer.begin().await.expect("begin");
+    send_acked(&producer, &topic, "kept").await;
+    producer.prepare().await.expect("prepare");
+    // Whatever the old fetch held back has reached the coordinator once it is answered.
+    let _ = fetch.await.expect("fetch task");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        producer
+            .commit()
+            .await
+            .expect("the prepared transaction must still be committable"),
+        TxnOutcome::Committed
+    );
+    assert_eq!(committed_values(&new, &topic, 1).await, ["kept"]);
+}
+
+fn config_for(transactional_id: &str) -> TransactionConfig {
+    let mut config = TransactionConfig::new(transactional_id);
+    config.producer.linger_ms = 0;
+    config
+}

@@ -241,7 +241,7 @@ impl Fetcher {
         leader: i32,
         partitions: Vec<(usize, TopicPartition, i64)>,
     ) -> Vec<(usize, Result<FetchedPartition, ClientError>)> {
-        let Ok(conn) = self.client.broker(leader).await else {
+        let Ok(conn) = self.client.fetch_broker(leader).await else {
             return Vec::new();
         };
         let wanted: Vec<(&TopicPartition, i64)> =
@@ -274,7 +274,7 @@ impl Fetcher {
         offset: i64,
     ) -> Result<FetchedPartition, ClientError> {
         let leader = self.client.leader(topic, partition).await?;
-        let conn = self.client.broker(leader).await?;
+        let conn = self.client.fetch_broker(leader).await?;
         let tp = TopicPartition::new(topic, partition);
         let mut response = conn
             .request(&fetch_request(&self.config, &[(&tp, offset)]))

@@ -100,6 +100,26 @@ struct Inner {
     slots: Mutex<HashMap<String, Slot>>,
 }
 
+/// Which of its connections to a broker a request goes on.
+///
+/// Why two: the broker reads one request per connection at a time and answers in order, so a
+/// Fetch it holds for up to `max_wait_ms` (a long poll with no data) holds back every request
+/// pipelined behind it on that connection — the way Java's consumer and producer, each with its
+/// own network client, never share one. Behind a fetch a transactional producer's requests wait
+/// (its InitProducerId, EndTxn, commit latency), and worse: an InitProducerId queued there by a
+/// process that is then killed is still read and applied when the fetch returns, possibly
+/// after the next incarnation opened its transaction under the same transactional id — which
+/// that InitProducerId fences: the coordinator aborts a transaction whose checkpoint may then
+/// complete, and its output is lost (the crash test's failure; regression test
+/// `txn_lifecycle::an_init_queued_behind_a_long_poll_fetch_cannot_fence_a_later_transaction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Everything but Fetch: metadata, produce, coordinator and admin requests.
+    General,
+    /// Fetch requests only ([`Client::fetch_broker`]).
+    Fetch,
+}
+
 /// A handle to the cluster. Cheap to clone; all clones share connections and metadata.
 #[derive(Clone)]
 pub struct Client {
@@ -148,9 +168,14 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe; a connection attempt in progress is dropped.
     pub async fn connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
+        self.connection_on(addr, Lane::General).await
+    }
+
+    /// [`Client::connection`] on one of the address's lanes (see [`Lane`]).
+    async fn connection_on(&self, addr: &str, lane: Lane) -> Result<Arc<Connection>, ClientError> {
         let policy = self.inner.config.retry;
         retry(&policy, Deadline::after_ms(policy.deadline_ms), |_| async {
-            match self.connect_once(addr).await {
+            match self.connect_once(addr, lane).await {
                 Err(ClientError::Connection(e)) if e.is_disconnect() => {
                     debug!(addr, error = %e, "connect failed; backing off");
                     ControlFlow::Continue(RetryAfter::error(e))
@@ -172,10 +197,14 @@ impl Client {
     /// The cached live connection to `addr`, or one attempt to make it (bounded by the
     /// connection's `connect_timeout_ms`). Attempts to one address are serialized; callers for
     /// other addresses are not held up.
-    async fn connect_once(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
+    async fn connect_once(&self, addr: &str, lane: Lane) -> Result<Arc<Connection>, ClientError> {
+        let key = match lane {
+            Lane::General => addr.to_owned(),
+            Lane::Fetch => format!("{addr} (fetch)"),
+        };
         let slot = {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(slots.entry(addr.to_owned()).or_default())
+            Arc::clone(slots.entry(key).or_default())
         };
         let mut slot = slot.lock().await;
         if let Some(conn) = slot.as_ref() {
@@ -193,6 +222,19 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn broker(&self, node_id: i32) -> Result<Arc<Connection>, ClientError> {
+        self.broker_on(node_id, Lane::General).await
+    }
+
+    /// The connection to the broker with id `node_id` reserved for Fetch requests (see
+    /// [`Lane::Fetch`]): a long-poll fetch there holds back no other request.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn fetch_broker(&self, node_id: i32) -> Result<Arc<Connection>, ClientError> {
+        self.broker_on(node_id, Lane::Fetch).await
+    }
+
+    async fn broker_on(&self, node_id: i32, lane: Lane) -> Result<Arc<Connection>, ClientError> {
         let addr = self.broker_addr(node_id);
         let addr = match addr {
             Some(addr) => addr,
@@ -206,7 +248,7 @@ impl Client {
                 })?
             }
         };
-        self.connection(&addr).await
+        self.connection_on(&addr, lane).await
     }
 
     fn broker_addr(&self, node_id: i32) -> Option<String> {
@@ -266,7 +308,7 @@ impl Client {
         let round = retry(&self.inner.config.retry, deadline, |_| async {
             let mut last_error = None;
             for addr in &candidates {
-                match self.connect_once(addr).await {
+                match self.connect_once(addr, Lane::General).await {
                     Ok(conn) => return ControlFlow::Break(Ok(conn)),
                     Err(ClientError::Connection(e)) => {
                         debug!(addr, error = %e, "broker unreachable; trying the next");
