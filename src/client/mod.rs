@@ -226,7 +226,7 @@ impl Client {
     }
 
     /// The connection to the broker with id `node_id` reserved for Fetch requests (see
-    /// [`Lane::Fetch`]): a long-poll fetch there holds back no other request.
+    /// `Lane::Fetch`): a long-poll fetch there holds back no other request.
     ///
     /// # Cancel safety
     /// Cancel safe.

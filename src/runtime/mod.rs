@@ -7,9 +7,15 @@
 //!
 //! | module | what it does |
 //! |---|---|
+//! | [`job`](mod@job) | the typed job graph: source, chained stages, `key_by`, windows or a keyed process function, sink |
+//! | [`operator`], [`window`] | keyed operators: process functions with state and timers; tumbling, sliding and session windows |
+//! | `task` (private) | source and keyed subtasks, the exchange by key group, barrier alignment |
+//! | `run` (private) | restore, sink recovery, replay past a damaged checkpoint, the checkpoint coordinator |
+//! | [`connector`], [`kafka`] | what a source and a sink must offer; in-memory ones; the Kafka source and sink as connectors |
 //! | [`state`] | keyed state tables and timers per key group, rkyv snapshot files, the checkpoint store |
-//! | [`source`] | the Kafka source (offsets in the checkpoint), watermarks, in-memory source |
+//! | [`source`] | the Kafka source (offsets in the checkpoint), watermarks |
 //! | [`sink`] | the two-phase-commit Kafka sink, its recovery, the idempotent-sink trait |
+//! | [`metrics`], [`fault`] | the metrics registry; fault points for crash tests |
 //!
 //! Everything here calls only [`crate::client`] below it.
 
