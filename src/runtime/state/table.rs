@@ -1144,12 +1144,29 @@ mod tests {
         );
     }
 
-    /// Writes the fuzz target's seeds (`fuzz/seeds/snapshot_file/`): run with `--ignored`.
+    /// The fuzz target's seeds (`fuzz/seeds/snapshot_file/`) are snapshots of today's format:
+    /// this fails when the format changed and they were not regenerated (set
+    /// `EXACTLY_WRITE_FUZZ_SEEDS=1` to rewrite them).
     #[test]
-    #[ignore = "writes files into fuzz/seeds; run by hand when the format changes"]
-    fn write_fuzz_seeds() {
+    fn fuzz_seeds_are_current() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/snapshot_file");
-        std::fs::create_dir_all(&dir).unwrap();
+        let write = std::env::var_os("EXACTLY_WRITE_FUZZ_SEEDS").is_some();
+        let check = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            if write {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+            } else {
+                let committed =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(
+                    committed == bytes,
+                    "{} is not a snapshot of the current format: run this test with \
+                     EXACTLY_WRITE_FUZZ_SEEDS=1",
+                    path.display()
+                );
+            }
+        };
         let range = KeyGroupRange::new(0, 128);
         let mut numbers: StateTable<u64, (u64, i64)> = StateTable::new("n", range, 128);
         let mut strings: StateTable<String, Vec<u8>> = StateTable::new("s", range, 128);
@@ -1164,11 +1181,11 @@ mod tests {
         }
         let mut w = SnapshotWriter::new(1);
         numbers.snapshot(&mut w).unwrap();
-        std::fs::write(dir.join("numbers.snap"), w.finish().unwrap()).unwrap();
+        check("numbers.snap", &w.finish().unwrap());
         let mut w = SnapshotWriter::new(2);
         strings.snapshot(&mut w).unwrap();
         timers.snapshot(&mut w).unwrap();
-        std::fs::write(dir.join("strings-timers.snap"), w.finish().unwrap()).unwrap();
+        check("strings-timers.snap", &w.finish().unwrap());
     }
 
     #[derive(Clone, Debug)]
