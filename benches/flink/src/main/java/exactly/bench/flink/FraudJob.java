@@ -56,7 +56,7 @@ import java.util.concurrent.atomic.AtomicLong;
  */
 public final class FraudJob {
 
-    static final long WINDOW_MS = 60_000;
+    static final long WINDOW_MS_DEFAULT = 60_000;
     static final long THRESHOLD = 10;
     static final Duration OUT_OF_ORDERNESS = Duration.ofSeconds(5);
     static final Duration IDLENESS = Duration.ofSeconds(30);
@@ -205,6 +205,8 @@ public final class FraudJob {
         String restoreFrom;
         String jobName = "flink-fraud";
         boolean printPlan;
+        boolean bounded = true;
+        long windowMs = WINDOW_MS_DEFAULT;
 
         static Args parse(String[] argv) {
             Map<String, String> m = new HashMap<>();
@@ -246,11 +248,17 @@ public final class FraudJob {
                     case "restore-from": r.restoreFrom = v; break;
                     case "job-name": r.jobName = v; break;
                     case "print-plan": r.printPlan = Boolean.parseBoolean(v); break;
+                    case "bounded":
+                        if (!v.equals("true") && !v.equals("false")) usage("--bounded: true or false");
+                        r.bounded = v.equals("true");
+                        break;
+                    case "window-ms": r.windowMs = Long.parseLong(v); break;
                     default: usage("unknown option --" + e.getKey());
                 }
             }
             if (r.input == null || r.output == null) usage("--input and --output are required");
             if (r.parallelism < 1) usage("--parallelism must be at least 1");
+            if (r.windowMs < 1) usage("--window-ms must be at least 1");
             return r;
         }
 
@@ -267,6 +275,9 @@ public final class FraudJob {
                     "                                   killed process can be restarted from one",
                     "  --restore-from DIR/JOBID/chk-N   start from a retained checkpoint",
                     "  --job-name NAME                  default flink-fraud",
+                    "  --bounded true|false             default true: stop at the offsets current at start;",
+                    "                                   false: run until killed (latency benchmark)",
+                    "  --window-ms MS                   default 60000 (tumbling event-time windows)",
                     "  --print-plan true                print the job graph as JSON and exit (no broker needed)",
                     "Reads the input read_committed from the earliest offsets to those current at start,",
                     "prints one JSON summary line on stdout when the job has finished.");
@@ -305,11 +316,14 @@ public final class FraudJob {
             env.enableCheckpointing(args.checkpointIntervalMs, CheckpointingMode.EXACTLY_ONCE);
         }
 
-        KafkaSource<CardTxn> source = KafkaSource.<CardTxn>builder()
+        var sourceBuilder = KafkaSource.<CardTxn>builder()
                 .setBootstrapServers(args.brokers)
                 .setTopics(args.input)
-                .setStartingOffsets(OffsetsInitializer.earliest())
-                .setBounded(OffsetsInitializer.latest())
+                .setStartingOffsets(OffsetsInitializer.earliest());
+        if (args.bounded) {
+            sourceBuilder = sourceBuilder.setBounded(OffsetsInitializer.latest());
+        }
+        KafkaSource<CardTxn> source = sourceBuilder
                 .setProperty("isolation.level", "read_committed")
                 // offsets live in Flink's checkpoints only, as exactly keeps them in its own
                 .setProperty("commit.offsets.on.checkpoint", "false")
@@ -324,7 +338,7 @@ public final class FraudJob {
         DataStream<Alert> alerts = env
                 .fromSource(source, watermarks, "cards")
                 .keyBy(t -> t.userId)
-                .window(TumblingEventTimeWindows.of(Duration.ofMillis(WINDOW_MS)))
+                .window(TumblingEventTimeWindows.of(Duration.ofMillis(args.windowMs)))
                 .aggregate(new CountTxns(), new AlertAboveThreshold())
                 .name("count-per-user-window");
 
