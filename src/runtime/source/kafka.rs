@@ -107,11 +107,20 @@ impl KafkaSourceConfig {
     /// Reads `topics` from the earliest offset, unbounded, `read_committed`, no discovery, no
     /// lag group, at most 1,000 records per poll, prefetching below 2,000 buffered records,
     /// failing on an offset out of range.
+    ///
+    /// Fetches ask for at most 1 MiB per partition (the Java consumer's
+    /// `max.partition.fetch.bytes`, which Flink's Kafka source inherits) instead of the fetcher's
+    /// 4 MiB: the buffer holds one response plus the prefetch, so 4 MiB per partition made the
+    /// job's peak RSS grow with the partition count (measured, 4 partitions, 1 M records: 100 MiB
+    /// at 4 MiB, 31–42 MiB at 1 MiB) for no throughput a 2-core machine could see.
     pub fn new(topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self {
             topics: topics.into_iter().map(Into::into).collect(),
             starting: StartingOffsets::Earliest,
-            fetch: FetchConfig::default(),
+            fetch: FetchConfig {
+                partition_max_bytes: 1024 * 1024,
+                ..FetchConfig::default()
+            },
             discovery_interval_ms: None,
             bounded: false,
             lag_group: None,
