@@ -203,6 +203,10 @@ async fn run_job(client: Client, args: RunSettings, bounded: bool) -> anyhow::Re
     };
     // SIGTERM / SIGINT: a final checkpoint, its commit, the open transactions aborted, exit 0.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = match args.delivery_guarantee {
+        DeliveryGuarantee::AtLeastOnce => "exactly: stopping: the sink flushes, then exit",
+        _ => "exactly: stopping: final checkpoint, commit, then exit",
+    };
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -216,7 +220,7 @@ async fn run_job(client: Client, args: RunSettings, bounded: bool) -> anyhow::Re
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("exactly: stopping: final checkpoint, commit, then exit");
+        eprintln!("{stopping}");
         let _ = stop_tx.send(true);
     });
     // A failed job restarts from its latest checkpoint (like Flink's fixed-delay restart
