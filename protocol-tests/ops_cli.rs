@@ -2,6 +2,8 @@
 //! configuration (a `--config` TOML file, `EXACTLY_<KEY>` variables, flags; errors naming the key
 //! and where it came from), the Prometheus endpoint (`--metrics-addr`: scraped while the job
 //! runs, `records_in` growing as input arrives), JSON logs, and SIGTERM ending it with exit 0.
+//! Also `--delivery-guarantee at-least-once` (issue 9): no checkpoints, no transactions, and the
+//! summary line's figures for the Flink comparison.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -452,4 +454,129 @@ async fn sigterm_mid_transaction_leaves_nothing_open_and_a_restart_resumes() {
         String::from_utf8_lossy(&verify.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `exactly run` to its end in a blocking task; the summary line parsed.
+async fn run_to_end(args: Vec<String>) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = output(&args, &[]);
+        assert!(
+            out.status.success(),
+            "exactly {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("summary line")
+    })
+    .await
+    .unwrap()
+}
+
+/// Issue 9: `--bounded --delivery-guarantee at-least-once` reads the whole input, fires every
+/// window, writes the alerts without transactions (no transactional id of its prefix exists on
+/// the broker afterwards) and without checkpoints (nothing in `--checkpoint-dir`), exits 0, and
+/// the output verifies (a crash-free run writes each alert once). Its summary carries the
+/// figures the Flink comparison reads. The same job exactly once is the control: its ids and
+/// checkpoint files are seen by the same checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_bounded_run_has_no_transactions_no_checkpoints_and_verifies() {
+    let client = client().await;
+    let admin = Admin::new(client.clone());
+    let input = unique_topic("ops-alo-in");
+    let total = 6_000u64;
+    tokio::task::spawn_blocking({
+        let input = input.clone();
+        move || gen(&input, &total.to_string(), "9")
+    })
+    .await
+    .unwrap();
+    let mut runs = Vec::new();
+    for guarantee in ["at-least-once", "exactly-once"] {
+        let output_topic = unique_topic("ops-alo-out");
+        admin
+            .create_topic(&output_topic, 2, &[("retention.ms", "-1")])
+            .await
+            .expect("create the output topic");
+        let dir = std::env::temp_dir().join(unique_topic("ops-alo-ck"));
+        let prefix = unique_topic("ops-alo");
+        let mut args: Vec<String> = [
+            "run",
+            "--bounded",
+            "--delivery-guarantee",
+            guarantee,
+            "--input",
+            &input,
+            "--output",
+            &output_topic,
+            "--transactional-id-prefix",
+            &prefix,
+            "--parallelism",
+            "2",
+            "--checkpoint-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(dir.display().to_string());
+        let summary = run_to_end(args).await;
+        assert_eq!(summary["delivery_guarantee"], guarantee, "{summary}");
+        assert_eq!(summary["parallelism"], 2, "{summary}");
+        assert_eq!(summary["records_in"], total, "{summary}");
+        let alerts = summary["alerts"].as_u64().expect("alerts");
+        assert!(alerts > 0, "the input has hot users: {summary}");
+        assert_eq!(summary["alerts"], summary["records_out_total"], "{summary}");
+        let first = summary["process_start_to_first_record_ms"]
+            .as_u64()
+            .expect("process_start_to_first_record_ms");
+        let end = summary["process_start_to_end_ms"]
+            .as_u64()
+            .expect("process_start_to_end_ms");
+        assert!(first <= end, "{summary}");
+        let verify = tokio::task::spawn_blocking({
+            let (input, output_topic) = (input.clone(), output_topic.clone());
+            move || {
+                output(
+                    &["verify", "--input", &input, "--output", &output_topic],
+                    &[],
+                )
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            verify.status.success(),
+            "{guarantee}: verify: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let ids: Vec<String> = admin
+            .list_transactions(&[], |id| id.starts_with(&prefix))
+            .await
+            .expect("list transactions")
+            .into_iter()
+            .map(|t| t.transactional_id)
+            .collect();
+        let files: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("read {}: {e}", dir.display()),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        runs.push((guarantee, summary, ids, files));
+    }
+    let (_, alo, alo_ids, alo_files) = &runs[0];
+    assert_eq!(alo["checkpoints"], 0, "{alo}");
+    assert!(alo_ids.is_empty(), "transactional ids: {alo_ids:?}");
+    assert!(alo_files.is_empty(), "checkpoint dir: {alo_files:?}");
+    // The control: the checks see what exactly once leaves.
+    let (_, eo, eo_ids, eo_files) = &runs[1];
+    assert!(eo["checkpoints"].as_u64().unwrap() >= 1, "{eo}");
+    assert!(!eo_ids.is_empty(), "exactly once left no transactional id");
+    assert!(
+        eo_files.iter().any(|f| f.starts_with("chk-")),
+        "exactly once left no checkpoint: {eo_files:?}"
+    );
+    assert_eq!(alo["alerts"], eo["alerts"], "{alo}\n{eo}");
 }

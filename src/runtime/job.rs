@@ -33,6 +33,14 @@ pub const DEAD_LETTER_REASON_HEADER: &str = "exactly.error";
 /// Checkpoint settings.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
+    /// Whether the job checkpoints at all. `false`: no checkpoint store (nothing is read or
+    /// written in `dir`), no barriers, no restore — a run always starts from the sources'
+    /// starting positions, so after a failure the input is read again: at least once, with a
+    /// sink that does not wait for checkpoints (e.g. [`KafkaSink`](super::kafka::KafkaSink) in
+    /// [`DeliveryGuarantee::AtLeastOnce`](super::sink::DeliveryGuarantee::AtLeastOnce)). A
+    /// bounded job then ends when its input is consumed, every window fired and the sink
+    /// flushed. Flink's counterpart is a job without checkpointing enabled.
+    pub enabled: bool,
     /// Where checkpoints are kept (a local directory).
     pub dir: PathBuf,
     /// Time between the start of one checkpoint and the trigger of the next; 0 disables periodic
@@ -50,6 +58,7 @@ impl CheckpointConfig {
     /// Defaults (1 s interval, 10 s timeout, keep 3) in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
+            enabled: true,
             dir: dir.into(),
             interval_ms: 1_000,
             min_pause_ms: 0,

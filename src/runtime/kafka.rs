@@ -13,15 +13,15 @@ use super::fault;
 use super::job::CheckpointConfig;
 use super::metrics::{Counter, Histogram, Registry};
 use super::sink::{
-    check_transaction_timeout, recover, CloseMode, KafkaCommittable, KafkaSinkConfig, OwnerMap,
-    TwoPhaseCommitSink,
+    check_transaction_timeout, recover, CloseMode, DeliveryGuarantee, KafkaCommittable,
+    KafkaSinkConfig, OwnerMap, TwoPhaseCommitSink,
 };
 use super::source::{
     KafkaSourceConfig, KafkaSourceReader, SourcePoll, SourceRecord, SplitAssigner, SplitOffset,
     StaticAssigner,
 };
 use super::RuntimeError;
-use crate::client::producer::ProducerRecord;
+use crate::client::producer::{Producer, ProducerRecord};
 use crate::client::transaction::commit_prepared;
 use crate::client::Client;
 
@@ -109,12 +109,15 @@ impl SourceReader for KafkaSourceReader {
 /// Property under which the sink's owner map of transactional ids is kept in checkpoints.
 pub const OWNER_MAP_PROPERTY: &str = "kafka_sink.owners";
 
-/// The two-phase-commit Kafka sink of a job: the main output to `topic`, dead letters to
-/// `dead_letter_topic`, one transaction per subtask and checkpoint from a bounded pool.
+/// The Kafka sink of a job: the main output to `topic`, dead letters to `dead_letter_topic`.
+/// Exactly once (the default): two-phase commit, one transaction per subtask and checkpoint
+/// from a bounded pool. At least once ([`KafkaSink::with_delivery_guarantee`]): one idempotent
+/// producer per subtask, no transactions, flushed on barriers and at the end.
 #[derive(Debug)]
 pub struct KafkaSink {
     client: Client,
     config: KafkaSinkConfig,
+    guarantee: DeliveryGuarantee,
     topic: String,
     dead_letter_topic: Option<String>,
     late_topic: Option<String>,
@@ -128,6 +131,7 @@ impl KafkaSink {
         Self {
             client,
             config,
+            guarantee: DeliveryGuarantee::ExactlyOnce,
             topic: topic.into(),
             dead_letter_topic: None,
             late_topic: None,
@@ -147,6 +151,14 @@ impl KafkaSink {
     /// without it they go to the dead-letter topic.
     pub fn with_late_topic(mut self, topic: impl Into<String>) -> Self {
         self.late_topic = Some(topic.into());
+        self
+    }
+
+    /// Delivers as `guarantee` says. [`DeliveryGuarantee::AtLeastOnce`] uses only
+    /// `config.producer` (no transactional ids, nothing to recover at start) and works with or
+    /// without checkpoints; [`DeliveryGuarantee::ExactlyOnce`] needs them.
+    pub fn with_delivery_guarantee(mut self, guarantee: DeliveryGuarantee) -> Self {
+        self.guarantee = guarantee;
         self
     }
 
@@ -172,6 +184,10 @@ impl SinkFactory for KafkaSink {
         parallelism: usize,
     ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
         Box::pin(async move {
+            if self.guarantee == DeliveryGuarantee::AtLeastOnce {
+                // No transactions: nothing prepared to finish, nothing lingering.
+                return Ok(SinkRecovery::default());
+            }
             let mut all = Vec::new();
             for c in committables {
                 all.extend(committables_of(c)?);
@@ -229,6 +245,17 @@ impl SinkFactory for KafkaSink {
         checkpoint: &'a CheckpointConfig,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
+            if self.guarantee == DeliveryGuarantee::AtLeastOnce {
+                return Ok(());
+            }
+            if !checkpoint.enabled {
+                return Err(RuntimeError::Config {
+                    key: "delivery_guarantee",
+                    reason: "exactly-once needs checkpoints: the output becomes visible when a \
+                             checkpoint completes (use at-least-once without checkpoints)"
+                        .into(),
+                });
+            }
             self.config.validate()?;
             check_transaction_timeout(
                 &self.client,
@@ -241,6 +268,9 @@ impl SinkFactory for KafkaSink {
     }
 
     fn properties(&self, parallelism: usize) -> BTreeMap<String, String> {
+        if self.guarantee == DeliveryGuarantee::AtLeastOnce {
+            return BTreeMap::new();
+        }
         let owners = self
             .owners
             .lock()
@@ -260,11 +290,7 @@ impl SinkFactory for KafkaSink {
         _restored: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
         Box::pin(async move {
-            let sink =
-                TwoPhaseCommitSink::open(self.client.clone(), self.config.clone(), subtask as u32)
-                    .await?;
-            Ok(Box::new(KafkaSinkWriter {
-                sink: Some(sink),
+            let routes = Routes {
                 topic: self.topic.clone(),
                 dead_letter_topic: self.dead_letter_topic.clone(),
                 late_topic: self.late_topic.clone(),
@@ -272,6 +298,22 @@ impl SinkFactory for KafkaSink {
                     "dead_letters_unwritten_total",
                     "Dead letters counted but not written (no dead-letter topic configured)",
                 ),
+            };
+            if self.guarantee == DeliveryGuarantee::AtLeastOnce {
+                let producer = Producer::new(self.client.clone(), self.config.producer.clone())
+                    .await
+                    .map_err(RuntimeError::Client)?;
+                return Ok(Box::new(AtLeastOnceWriter {
+                    producer: Some(producer),
+                    routes,
+                }) as Box<dyn SinkWriter>);
+            }
+            let sink =
+                TwoPhaseCommitSink::open(self.client.clone(), self.config.clone(), subtask as u32)
+                    .await?;
+            Ok(Box::new(KafkaSinkWriter {
+                sink: Some(sink),
+                routes,
                 commit_latency_ms: self.metrics.histogram(
                     "commit_latency_ms",
                     "Checkpoint complete to EndTxn answered",
@@ -282,12 +324,44 @@ impl SinkFactory for KafkaSink {
     }
 }
 
-struct KafkaSinkWriter {
-    sink: Option<TwoPhaseCommitSink>,
+/// Which topic each [`Target`] goes to.
+struct Routes {
     topic: String,
     dead_letter_topic: Option<String>,
     late_topic: Option<String>,
     dropped_dead_letters: Arc<Counter>,
+}
+
+impl Routes {
+    /// The record for `r`, or `None` for a dead letter without a dead-letter topic (counted).
+    fn record(&self, r: OutputRecord) -> Option<ProducerRecord> {
+        let topic = match r.target {
+            Target::Main => self.topic.clone(),
+            Target::Late if self.late_topic.is_some() => self.late_topic.clone().expect("checked"),
+            Target::DeadLetter | Target::Late => match &self.dead_letter_topic {
+                Some(t) => t.clone(),
+                None => {
+                    self.dropped_dead_letters.add(1);
+                    tracing::warn!(
+                        "a dead letter was not written: no dead-letter topic is configured"
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(ProducerRecord {
+            topic,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            ..ProducerRecord::default()
+        })
+    }
+}
+
+struct KafkaSinkWriter {
+    sink: Option<TwoPhaseCommitSink>,
+    routes: Routes,
     commit_latency_ms: Arc<Histogram>,
     latencies_seen: usize,
 }
@@ -321,30 +395,9 @@ impl SinkWriter for KafkaSinkWriter {
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
             for r in records.drain(..) {
-                let topic = match r.target {
-                    Target::Main => self.topic.clone(),
-                    Target::Late if self.late_topic.is_some() => {
-                        self.late_topic.clone().expect("checked")
-                    }
-                    Target::DeadLetter | Target::Late => {
-                        match &self.dead_letter_topic {
-                            Some(t) => t.clone(),
-                            None => {
-                                self.dropped_dead_letters.add(1);
-                                tracing::warn!("a dead letter was not written: no dead-letter topic is configured");
-                                continue;
-                            }
-                        }
-                    }
-                };
-                let record = ProducerRecord {
-                    topic,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                    ..ProducerRecord::default()
-                };
-                self.sink().send(record).await?;
+                if let Some(record) = self.routes.record(r) {
+                    self.sink().send(record).await?;
+                }
             }
             Ok(())
         })
@@ -391,5 +444,74 @@ impl SinkWriter for KafkaSinkWriter {
         self.sink
             .as_ref()
             .is_some_and(TwoPhaseCommitSink::is_writable)
+    }
+}
+
+/// The at-least-once writer: one idempotent producer (`acks=all`, batched as the producer
+/// batches), no transactions. The delivery futures are not kept: a record that fails stops the
+/// producer, and the next flush reports it (the job then fails rather than lose it).
+struct AtLeastOnceWriter {
+    producer: Option<Producer>,
+    routes: Routes,
+}
+
+impl AtLeastOnceWriter {
+    fn producer(&self) -> &Producer {
+        self.producer.as_ref().expect("writer used after close")
+    }
+
+    async fn flush(&self) -> Result<(), RuntimeError> {
+        self.producer().flush().await.map_err(RuntimeError::Client)
+    }
+}
+
+impl SinkWriter for AtLeastOnceWriter {
+    fn write<'a>(
+        &'a mut self,
+        records: &'a mut Vec<OutputRecord>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            for r in records.drain(..) {
+                if let Some(record) = self.routes.record(r) {
+                    // Only waits for buffer space; the acknowledgement is checked on flush.
+                    let _delivery = self
+                        .producer()
+                        .send(record)
+                        .await
+                        .map_err(RuntimeError::Client)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// On a barrier (if the job checkpoints): everything before it acknowledged, as Flink's
+    /// at-least-once sink flushes on checkpoints. Nothing to store.
+    fn prepare(
+        &mut self,
+        _checkpoint_id: u64,
+    ) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>> {
+        Box::pin(async move {
+            self.flush().await?;
+            Ok(serde_json::Value::Null)
+        })
+    }
+
+    fn commit_up_to(&mut self, _checkpoint_id: u64) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn flush_commits(&mut self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(self.flush())
+    }
+
+    /// Flushes (every record written acknowledged) and drops the producer.
+    fn close(mut self: Box<Self>) -> BoxFuture<'static, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            if let Some(producer) = self.producer.take() {
+                producer.flush().await.map_err(RuntimeError::Client)?;
+            }
+            Ok(())
+        })
     }
 }

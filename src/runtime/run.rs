@@ -25,7 +25,7 @@ use super::operator::OperatorFactory;
 use super::source::{SourceRecord, SplitOffset, WatermarkConfig};
 use super::state::{
     type_fingerprint, CheckpointFile, CheckpointMetadata, CheckpointStore, KeyGroupRange,
-    LocalDirStore, RestoredCheckpoint, StableHash, StateKey,
+    LatestCheckpoint, LocalDirStore, RestoredCheckpoint, StableHash, StateKey,
 };
 use super::task::{Event, Inputs, KeyedCmd, KeyedTask, SourceCmd, SourceTask};
 use super::RuntimeError;
@@ -191,13 +191,17 @@ where
         let schema_hash =
             config.name.stable_hash() ^ probe.state_fingerprint() ^ type_fingerprint::<(K, T, O)>();
         drop(probe);
-        let store: Arc<dyn CheckpointStore> = {
+        let store: Arc<dyn CheckpointStore> = if config.checkpoint.enabled {
             let (dir, retain) = (config.checkpoint.dir.clone(), config.checkpoint.retain);
             Arc::new(
                 tokio::task::spawn_blocking(move || LocalDirStore::new(dir, retain))
                     .await
                     .expect("store task")?,
             )
+        } else {
+            // Nothing to restore, nothing ever stored: the rest of the start (restore, sink
+            // recovery) finds no checkpoint and starts from the sources' starting positions.
+            Arc::new(NoCheckpoints)
         };
         let parts = Parts {
             config: config.clone(),
@@ -373,6 +377,7 @@ where
                 strategy: self.strategy,
                 key_groups: config.key_groups,
                 final_watermark: !replay,
+                checkpoints: config.checkpoint.enabled,
                 outputs,
                 cmds: rx,
                 events: events_tx.clone(),
@@ -414,6 +419,7 @@ where
             let (tx, rx) = mpsc::channel(8);
             keyed_cmds.push(tx);
             let task = KeyedTask {
+                checkpoints: config.checkpoint.enabled,
                 subtask: j,
                 op,
                 chain: self.out_chain.clone(),
@@ -457,6 +463,43 @@ where
         }
         while tasks.join_next().await.is_some() {}
         result.map(|()| report.last_checkpoint)
+    }
+}
+
+/// The store of a job without checkpoints ([`CheckpointConfig::enabled`] false): holds
+/// nothing, and refuses writes (no barrier is ever sent, so none should come).
+///
+/// [`CheckpointConfig::enabled`]: super::job::CheckpointConfig::enabled
+#[derive(Debug)]
+struct NoCheckpoints;
+
+impl NoCheckpoints {
+    fn refuse(what: &str) -> RuntimeError {
+        RuntimeError::Config {
+            key: "checkpoint.enabled",
+            reason: format!("checkpoints are disabled, yet a checkpoint {what} was attempted"),
+        }
+    }
+}
+
+impl CheckpointStore for NoCheckpoints {
+    fn put(&self, _id: u64, _name: &str, _bytes: &[u8]) -> Result<CheckpointFile, RuntimeError> {
+        Err(Self::refuse("file"))
+    }
+    fn complete(&self, _metadata: &CheckpointMetadata) -> Result<(), RuntimeError> {
+        Err(Self::refuse("metadata"))
+    }
+    fn latest_complete(&self, _hash: u64) -> Result<LatestCheckpoint, RuntimeError> {
+        Ok(LatestCheckpoint::default())
+    }
+    fn list(&self) -> Result<Vec<u64>, RuntimeError> {
+        Ok(Vec::new())
+    }
+    fn read_metadata(&self, _id: u64, _hash: u64) -> Result<CheckpointMetadata, RuntimeError> {
+        Err(Self::refuse("read"))
+    }
+    fn delete(&self, _id: u64) -> Result<(), RuntimeError> {
+        Ok(())
     }
 }
 
@@ -505,7 +548,10 @@ impl Coordinator {
             "checkpoints_abandoned_total",
             "Checkpoints abandoned (timeout)",
         );
-        let periodic = cc.interval_ms > 0;
+        // Without checkpoints the coordinator only watches: it triggers nothing, the sources
+        // end by themselves (bounded) or on the stop signal, and the keyed subtasks finish once
+        // their inputs are drained.
+        let periodic = cc.enabled && cc.interval_ms > 0;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut next_trigger = if periodic {
             Instant::now() + Duration::from_millis(cc.interval_ms)
@@ -520,7 +566,8 @@ impl Coordinator {
         // Not a field: `complete(&self)` is awaited, and the stop future need not be Sync.
         let mut stop = stop;
         loop {
-            let may_trigger = pending.is_none() && final_id.is_none() && (periodic || final_wanted);
+            let may_trigger =
+                cc.enabled && pending.is_none() && final_id.is_none() && (periodic || final_wanted);
             let timeout_at = pending
                 .as_ref()
                 .map(|c| c.started + Duration::from_millis(cc.timeout_ms));
@@ -528,8 +575,15 @@ impl Coordinator {
             tokio::select! {
                 _ = async { stop.as_mut().expect("armed").await }, if stop_armed => {
                     stop = None;
-                    tracing::info!("stopping: taking a final checkpoint");
                     final_wanted = true;
+                    if !cc.enabled {
+                        tracing::info!("stopping: no checkpoints, so the sinks flush and the job ends");
+                        for c in &self.source_cmds {
+                            let _ = c.send(SourceCmd::Stop).await;
+                        }
+                        continue;
+                    }
+                    tracing::info!("stopping: taking a final checkpoint");
                     if pending.is_none() {
                         next_trigger = Instant::now();
                     }
@@ -567,7 +621,7 @@ impl Coordinator {
                         }
                         Event::SourceEnded => {
                             ended += 1;
-                            if ended == p && self.bounded {
+                            if ended == p && self.bounded && cc.enabled {
                                 final_wanted = true;
                                 next_trigger = Instant::now();
                             }

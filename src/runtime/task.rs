@@ -56,6 +56,9 @@ pub(crate) enum SourceCmd {
         last: bool,
     },
     Complete(Vec<SplitOffset>),
+    /// A job without checkpoints stops: read nothing more, close the outputs (the keyed
+    /// subtasks drain them, flush their sinks and finish).
+    Stop,
 }
 
 /// Coordinator → keyed subtask.
@@ -89,6 +92,13 @@ pub(crate) enum Event {
 /// error; one that finished (the job is stopping) is no error of the source's.
 const DOWNSTREAM_GONE: &str = "downstream task stopped";
 
+/// The wall clock in Unix milliseconds.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 async fn send<M>(tx: &Sender<M>, m: M, what: &str) -> Result<(), RuntimeError> {
     tx.send(m).await.map_err(|_| RuntimeError::TaskFailed {
         task: what.into(),
@@ -107,6 +117,10 @@ pub(crate) struct SourceTask<K, T> {
     /// Send the final watermark at the end of the input (a bounded job); not when replaying up
     /// to a checkpoint's positions, which must leave the windows open as they were.
     pub(crate) final_watermark: bool,
+    /// The job checkpoints. Without checkpoints the subtask ends at the end of its input (or
+    /// on [`SourceCmd::Stop`]), closing its outputs: that, not a final barrier, tells the keyed
+    /// subtasks that everything before it was sent.
+    pub(crate) checkpoints: bool,
     pub(crate) outputs: Vec<Sender<Message<K, T>>>,
     pub(crate) cmds: Receiver<SourceCmd>,
     pub(crate) events: Sender<Event>,
@@ -130,6 +144,12 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
         let dead = self.metrics.counter(
             "dead_letter_records_total",
             "Records sent to the dead-letter output",
+        );
+        // Startup figure (process start → first record, as Flink's benchmark peer reports):
+        // the first subtask to read a record sets it; the others see it set.
+        let first_record = self.metrics.gauge(
+            "first_record_time_unix_ms",
+            "Wall-clock time (Unix ms) the job's first input record was read",
         );
         let mut wm = WatermarkGenerator::new(self.strategy, self.reader.split_count());
         let started = Instant::now();
@@ -157,9 +177,13 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                         send(&self.events, Event::SourceAck { checkpoint: n, positions }, &name).await?;
                     }
                     Some(SourceCmd::Complete(positions)) => self.reader.checkpoint_complete(positions).await?,
+                    Some(SourceCmd::Stop) => return Ok(()),
                 },
                 polled = self.reader.poll(&mut raw), if !ended => {
                     let polled = polled?;
+                    if !raw.is_empty() && first_record.get() == 0 {
+                        first_record.set(unix_ms());
+                    }
                     records_in.add(raw.len() as u64);
                     let (chain, tsf, keyf, kgs) = (&self.chain, &self.timestamp, &self.key, self.key_groups);
                     for r in raw.drain(..) {
@@ -191,6 +215,9 @@ impl<K: StateKey, T: Send + 'static> SourceTask<K, T> {
                             }
                         }
                         send(&self.events, Event::SourceEnded, &name).await?;
+                        if !self.checkpoints {
+                            return Ok(());
+                        }
                         continue;
                     }
                     wm.on_idle_check(started.elapsed().as_millis() as i64);
@@ -276,6 +303,9 @@ impl<M> Inputs<M> {
 }
 
 pub(crate) struct KeyedTask<K, T, O> {
+    /// The job checkpoints. Without checkpoints the subtask finishes when every input is
+    /// closed and drained: it flushes and closes its sink and reports done.
+    pub(crate) checkpoints: bool,
     pub(crate) subtask: usize,
     pub(crate) op: Box<dyn OpInstance<K, T, O>>,
     pub(crate) chain: Chain<O, O>,
@@ -345,7 +375,14 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
                     }
                 },
                 m = self.inputs.recv(), if self.sink.writable() => match m {
-                    None => return Ok(()),
+                    None if self.checkpoints => return Ok(()),
+                    None => {
+                        // Every source subtask ended and everything it sent is processed.
+                        self.sink.flush_commits().await?;
+                        self.sink.close().await?;
+                        send(&self.events, Event::KeyedDone, &name).await?;
+                        return Ok(());
+                    }
                     Some((_, Message::Records(batch))) => {
                         keyed_records.add(batch.len() as u64);
                         for r in batch {
@@ -407,10 +444,7 @@ impl<K: StateKey, T: Send + 'static, O: Send + 'static> KeyedTask<K, T, O> {
             if w > *current {
                 *current = w;
                 if w != i64::MAX {
-                    let now_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64);
-                    em.watermark_lag_ms.set(now_ms.saturating_sub(w));
+                    em.watermark_lag_ms.set(unix_ms().saturating_sub(w));
                 }
                 self.op.advance_watermark(w, results);
                 self.emit(results, em).await?;

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use exactly::runtime::sink::DeliveryGuarantee;
+
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -113,6 +115,9 @@ const KEYS: &[Key] = &[
     text("metrics_addr", None),
     int("restarts", 0, 1_000_000, "10"),
     int("restart_delay_ms", 0, DAY_MS, "2000"),
+    // --- delivery guarantee (issue 9: at-least-once without checkpoints) ---
+    text("delivery_guarantee", Some("exactly-once")),
+    // --- end delivery guarantee ---
 ];
 
 /// Keys that may stay unset.
@@ -138,6 +143,11 @@ pub(crate) struct RunSettings {
     pub(crate) metrics_addr: Option<String>,
     pub(crate) restarts: u32,
     pub(crate) restart_delay_ms: u64,
+    // --- delivery guarantee (issue 9) ---
+    /// `exactly-once` (checkpoints, two-phase commit) or `at-least-once` (no checkpoints, an
+    /// idempotent producer; `checkpoint_dir` is then not needed and not used).
+    pub(crate) delivery_guarantee: DeliveryGuarantee,
+    // --- end delivery guarantee ---
 }
 
 /// A value before its kind is checked.
@@ -245,12 +255,19 @@ pub(crate) fn merge(
         values,
         origins: BTreeMap::new(),
     };
+    // --- delivery guarantee (issue 9) ---
+    let delivery_guarantee = checked.delivery_guarantee()?;
+    // --- end delivery guarantee ---
     let settings = RunSettings {
         brokers: checked.text("brokers")?.expect("has a default"),
         input: checked.required("input")?,
         output: checked.required("output")?,
         dead_letter: checked.text("dead_letter")?,
-        checkpoint_dir: PathBuf::from(checked.required("checkpoint_dir")?),
+        // Without checkpoints (at least once) there is nothing to keep: it may be left out.
+        checkpoint_dir: PathBuf::from(match delivery_guarantee {
+            DeliveryGuarantee::AtLeastOnce => checked.text("checkpoint_dir")?.unwrap_or_default(),
+            _ => checked.required("checkpoint_dir")?,
+        }),
         checkpoint_interval_ms: checked.integer("checkpoint_interval_ms")? as u64,
         checkpoint_timeout_ms: checked.integer("checkpoint_timeout_ms")? as u64,
         transactional_id_prefix: checked.text("transactional_id_prefix")?.expect("default"),
@@ -263,6 +280,7 @@ pub(crate) fn merge(
         metrics_addr: checked.text("metrics_addr")?,
         restarts: checked.integer("restarts")? as u32,
         restart_delay_ms: checked.integer("restart_delay_ms")? as u64,
+        delivery_guarantee,
     };
     checked.relations(&settings)?;
     Ok(settings)
@@ -347,6 +365,15 @@ impl Checked {
         }
         Ok(value)
     }
+
+    // --- delivery guarantee (issue 9) ---
+    /// `delivery_guarantee`: `exactly-once` or `at-least-once`.
+    fn delivery_guarantee(&mut self) -> Result<DeliveryGuarantee, ConfigError> {
+        let text = self.text("delivery_guarantee")?.expect("has a default");
+        text.parse()
+            .map_err(|reason| self.error("delivery_guarantee", reason))
+    }
+    // --- end delivery guarantee ---
 
     /// The rules between keys, once each is valid on its own.
     fn relations(&self, s: &RunSettings) -> Result<(), ConfigError> {
@@ -479,6 +506,7 @@ mod tests {
                 metrics_addr: None,
                 restarts: 10,
                 restart_delay_ms: 2_000,
+                delivery_guarantee: DeliveryGuarantee::ExactlyOnce,
             }
         );
     }
@@ -624,6 +652,63 @@ mod tests {
             "{e}"
         );
     }
+
+    // --- delivery guarantee (issue 9) ---
+    #[test]
+    fn delivery_guarantee_from_each_layer_and_bad_values_name_the_key() {
+        let s = merge(
+            file("delivery_guarantee = \"at-least-once\""),
+            &[],
+            &flags(REQUIRED),
+        );
+        assert_eq!(
+            s.unwrap().delivery_guarantee,
+            DeliveryGuarantee::AtLeastOnce
+        );
+        let s = merge(
+            file("delivery_guarantee = \"at-least-once\""),
+            &env(&[("EXACTLY_DELIVERY_GUARANTEE", "exactly-once")]),
+            &flags(REQUIRED),
+        );
+        assert_eq!(
+            s.unwrap().delivery_guarantee,
+            DeliveryGuarantee::ExactlyOnce
+        );
+        let mut f = flags(REQUIRED);
+        f.push(("delivery_guarantee", "AT_LEAST_ONCE".to_string()));
+        assert_eq!(
+            merge(None, &[], &f).unwrap().delivery_guarantee,
+            DeliveryGuarantee::AtLeastOnce
+        );
+        let e = err(merge(
+            None,
+            &env(&[("EXACTLY_DELIVERY_GUARANTEE", "twice")]),
+            &flags(REQUIRED),
+        ));
+        assert_eq!(
+            (e.key.as_str(), &e.origin),
+            (
+                "delivery_guarantee",
+                &Origin::Env("EXACTLY_DELIVERY_GUARANTEE".into())
+            )
+        );
+        assert!(e.reason.contains("\"at-least-once\""), "{e}");
+        assert!(e.to_string().contains("`delivery_guarantee`"), "{e}");
+        let e = err(merge(file("delivery_guarantee = 1"), &[], &flags(REQUIRED)));
+        assert_eq!(e.key, "delivery_guarantee");
+        assert!(e.reason.contains("expected a string"), "{e}");
+    }
+
+    #[test]
+    fn at_least_once_needs_no_checkpoint_dir() {
+        let mut f = flags(&REQUIRED[..2]);
+        let e = err(merge(None, &[], &f));
+        assert_eq!(e.key, "checkpoint_dir", "exactly-once still needs it");
+        f.push(("delivery_guarantee", "at-least-once".to_string()));
+        let s = merge(None, &[], &f).unwrap();
+        assert_eq!(s.checkpoint_dir, PathBuf::new());
+    }
+    // --- end delivery guarantee ---
 
     #[test]
     fn addresses_are_host_and_port() {

@@ -98,7 +98,15 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// When `main` started (wall clock): the start of `exactly run`'s startup figure
+/// (`process_start_to_first_record_ms`). Taken first thing in `main`; what comes before it
+/// (exec, the static binary's loader) is not counted — as the JVM's start time, which the Flink
+/// peer uses, does not count the `java` launcher before the VM is created.
+pub(crate) static PROCESS_START: std::sync::OnceLock<std::time::SystemTime> =
+    std::sync::OnceLock::new();
+
 fn main() -> std::process::ExitCode {
+    PROCESS_START.get_or_init(std::time::SystemTime::now);
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

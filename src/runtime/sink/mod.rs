@@ -67,6 +67,53 @@ use crate::client::ClientError;
 use crate::protocol::error_codes::codes;
 use crate::runtime::RuntimeError;
 
+/// What a Kafka sink promises about its output, as Flink's `DeliveryGuarantee` of its
+/// `KafkaSink`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeliveryGuarantee {
+    /// Each result exactly once for `read_committed` readers: two-phase commit with the
+    /// checkpoints (the module docs above). Needs checkpoints.
+    #[default]
+    ExactlyOnce,
+    /// Each result at least once: an idempotent producer (`acks=all`, no transactions), records
+    /// visible as soon as they are acknowledged; flushed on a checkpoint's barrier if the job
+    /// checkpoints and at the end of the run. A restart from an earlier point writes the
+    /// results since then again.
+    AtLeastOnce,
+}
+
+impl DeliveryGuarantee {
+    /// The spelling used in configuration: `exactly-once`, `at-least-once`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExactlyOnce => "exactly-once",
+            Self::AtLeastOnce => "at-least-once",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryGuarantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeliveryGuarantee {
+    type Err = String;
+
+    /// `exactly-once` or `at-least-once` (also with `_`, any case).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "exactly-once" => Ok(Self::ExactlyOnce),
+            "at-least-once" => Ok(Self::AtLeastOnce),
+            _ => Err(format!(
+                "expected \"exactly-once\" or \"at-least-once\", got {s:?}"
+            )),
+        }
+    }
+}
+
 /// INVALID_PRODUCER_ID_MAPPING: the coordinator no longer knows the transactional id.
 const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
 

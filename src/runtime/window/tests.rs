@@ -556,6 +556,140 @@ async fn a_job_writes_session_results_and_late_records_to_their_outputs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Checkpoints disabled (issue 9, at least once): a bounded job at parallelism 2 still fires
+/// every window (final watermark) and ends once its sinks are flushed and closed, with no
+/// checkpoint taken and nothing written in the checkpoint directory; the first record's time is
+/// recorded for the startup figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_job_without_checkpoints_fires_every_window_and_ends() {
+    use std::sync::Mutex;
+
+    use crate::client::types::Record;
+    use crate::runtime::connector::{
+        BoxFuture, MemorySource, SinkFactory, SinkRecovery, SinkWriter,
+    };
+    use crate::runtime::{job, JobConfig, WatermarkConfig};
+
+    /// Writes straight through (no epochs), counts closes: an at-least-once sink.
+    #[derive(Clone, Default)]
+    struct Through(Arc<Mutex<(Vec<OutputRecord>, usize)>>);
+    impl SinkFactory for Through {
+        fn recover<'a>(
+            &'a self,
+            _: Vec<serde_json::Value>,
+            _: &'a BTreeMap<String, String>,
+            _: usize,
+        ) -> BoxFuture<'a, Result<SinkRecovery, RuntimeError>> {
+            Box::pin(async { Ok(SinkRecovery::default()) })
+        }
+        fn properties(&self, _: usize) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        fn create(
+            &self,
+            _: usize,
+            _: usize,
+            _: Option<u64>,
+        ) -> BoxFuture<'_, Result<Box<dyn SinkWriter>, RuntimeError>> {
+            let me = self.clone();
+            Box::pin(async move { Ok(Box::new(me) as Box<dyn SinkWriter>) })
+        }
+    }
+    impl SinkWriter for Through {
+        fn write<'a>(
+            &'a mut self,
+            records: &'a mut Vec<OutputRecord>,
+        ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            self.0.lock().unwrap().0.append(records);
+            Box::pin(async { Ok(()) })
+        }
+        fn prepare(&mut self, _: u64) -> BoxFuture<'_, Result<serde_json::Value, RuntimeError>> {
+            panic!("no barrier without checkpoints")
+        }
+        fn commit_up_to(&mut self, _: u64) -> BoxFuture<'_, Result<(), RuntimeError>> {
+            panic!("no commit without checkpoints")
+        }
+        fn flush_commits(&mut self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), RuntimeError>> {
+            self.0.lock().unwrap().1 += 1;
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    // Two splits, keys 0..5, event time 0..2000 ms: windows of 100 ms.
+    let split = |offset: i64| -> Vec<Record> {
+        (0..1000)
+            .map(|i| Record {
+                offset: i,
+                value: Some(Bytes::from(format!("{},{}", i % 5, 2 * i + offset))),
+                ..Record::default()
+            })
+            .collect()
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "exactly-no-checkpoints-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut config = JobConfig::new("no-checkpoints-test", &dir);
+    config.bounded = true;
+    config.parallelism = 2;
+    config.checkpoint.enabled = false;
+    config.checkpoint.interval_ms = 1;
+    let metrics = config.metrics.clone();
+    let sink = Through::default();
+    let report = job(config, MemorySource::new(vec![split(0), split(1)], 64))
+        .deserialize(|r| {
+            let s = std::str::from_utf8(r.record.value.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            let (k, ts) = s.split_once(',').ok_or("no comma")?;
+            Ok((
+                k.parse::<u64>().map_err(|e| e.to_string())?,
+                ts.parse::<i64>().map_err(|e| e.to_string())?,
+            ))
+        })
+        .timestamps(
+            |r: &(u64, i64)| r.1,
+            WatermarkConfig {
+                out_of_orderness_ms: 0,
+                idle_timeout_ms: None,
+            },
+        )
+        .key_by(|r: &(u64, i64)| r.0)
+        .window(Windows::tumbling(100))
+        .aggregate(Count)
+        .sink(sink.clone(), |r| {
+            (
+                None,
+                Bytes::from(format!("{} {} {}", r.key, r.window.start, r.result)),
+            )
+        })
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.checkpoints, 0);
+    assert_eq!(report.restored_from, None);
+    let (written, closed) = std::mem::take(&mut *sink.0.lock().unwrap());
+    assert_eq!(closed, 2, "each subtask closes its sink");
+    // Every window fired: the counts add up to the input, 5 keys x 20 windows.
+    let total: u64 = written
+        .iter()
+        .map(|r| {
+            let v = std::str::from_utf8(r.value.as_deref().unwrap()).unwrap();
+            v.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 2000);
+    assert_eq!(written.len(), 5 * 20);
+    assert!(
+        !dir.exists(),
+        "nothing may be written in the checkpoint dir"
+    );
+    assert!(metrics.gauge("first_record_time_unix_ms", "").get() > 0);
+}
+
 proptest! {
     /// Records up to `lateness` behind the watermark: windows fire, then fire again for each
     /// late record within the lateness. Nothing is late, the last result of every window is
