@@ -174,11 +174,6 @@ async fn run_job(client: Client, args: RunSettings, bounded: bool) -> anyhow::Re
     config.metrics = metrics.clone();
     let mut source = KafkaSourceConfig::new([args.input.clone()]);
     source.bounded = bounded;
-    // Kafka's Java consumer default (`max.partition.fetch.bytes`, which the Flink peer keeps):
-    // with the client's 4 MiB, the first fetch of 4 partitions (16 MiB, decoded before the
-    // first record is handed out) cost 30-100 ms of startup and ~50 MB of peak RSS, for no
-    // throughput measured (1M records, benches/vs-flink).
-    source.fetch.partition_max_bytes = 1 << 20;
     let mut sink = KafkaSinkConfig::new(args.transactional_id_prefix.clone());
     sink.transaction_timeout_ms = args.transaction_timeout_ms;
     let fraud_config = FraudConfig {
