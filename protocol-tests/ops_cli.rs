@@ -141,6 +141,47 @@ fn configuration_errors_name_the_key_and_where_it_came_from() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A missing output (or input) topic is said once, naming the key and how to create it, and the
+/// job is not started and restarted on it (before: 10 restarts over ~15 s, each failing in the
+/// sink with "unknown topic").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_a_configuration_error_not_a_restart_loop() {
+    let client = client().await;
+    let input = crate::common::create_topic(&client, "ops-missing-in", 1).await;
+    let missing = unique_topic("ops-missing-out");
+    let dir = std::env::temp_dir().join(unique_topic("ops-missing-ck"));
+    let dir_s = dir.to_str().unwrap().to_owned();
+    for (flag_input, flag_output, key) in [
+        (input.as_str(), missing.as_str(), "output"),
+        (missing.as_str(), input.as_str(), "input"),
+    ] {
+        let out = output(
+            &[
+                "run",
+                "--bounded",
+                "--input",
+                flag_input,
+                "--output",
+                flag_output,
+                "--checkpoint-dir",
+                &dir_s,
+                "--restart-delay-ms",
+                "10000",
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "a missing {key} topic was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("the {key} topic \"{missing}\" does not exist"))
+                && stderr.contains("exactly topics create"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("restart"), "restarted on it: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A plain HTTP GET of `/metrics`: the body.
 fn scrape(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
@@ -308,7 +349,8 @@ async fn metrics_endpoint_serves_the_running_jobs_metrics() {
 }
 
 /// Issue 8: SIGTERM while transactions are open (input still arriving) ends the job with exit 0
-/// and leaves no transaction open (LSO = high watermark on every output partition, at once);
+/// and leaves no transaction open (nothing lingering for the restart to abort; LSO = high
+/// watermark on every output partition once the markers are written);
 /// a restart with the same checkpoint directory resumes where the stop left off (the two runs
 /// read the input exactly once between them) and the output verifies exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,10 +470,10 @@ async fn sigterm_mid_transaction_leaves_nothing_open_and_a_restart_resumes() {
         second["lingering_aborted"], 0,
         "the stop left a transaction open: {second}"
     );
-    for p in 0..2 {
-        let (lso, hw) = crate::common::lso_and_hw(&client, &output_topic, p).await;
-        assert_eq!(lso, hw, "output partition {p}: LSO {lso} behind HW {hw}");
-    }
+    // EndTxn returns once the coordinator has decided; the markers follow within milliseconds,
+    // so the LSO is waited for (bounded, 30 s: far below the 60 s transaction timeout, so a
+    // transaction left open still fails here). Checking it at once failed ~1 run in 5.
+    crate::common::settle(&client, &output_topic, 2).await;
     // Resumed, not reprocessed: between them the two runs read every input record once.
     let (a, b) = (
         first["records_in_total"].as_u64().unwrap(),

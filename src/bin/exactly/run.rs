@@ -152,6 +152,7 @@ pub(crate) async fn run(
 }
 
 async fn run_job(client: Client, args: RunSettings, bounded: bool) -> anyhow::Result<()> {
+    check_topics(&client, &args).await?;
     let metrics = Registry::default();
     let metrics_server = match &args.metrics_addr {
         Some(addr) => {
@@ -320,6 +321,32 @@ async fn run_job(client: Client, args: RunSettings, bounded: bool) -> anyhow::Re
     println!("{}", serde_json::Value::Object(line));
     if let Some(task) = metrics_server {
         task.abort();
+    }
+    Ok(())
+}
+
+/// The topics the job reads and writes must exist before it starts: a missing one is a
+/// configuration error (said once, naming the key), not a failure to restart from — the job
+/// would otherwise fail in its sink and burn its restarts on it.
+async fn check_topics(client: &Client, args: &RunSettings) -> anyhow::Result<()> {
+    let topics = [
+        ("input", Some(&args.input)),
+        ("output", Some(&args.output)),
+        ("dead_letter", args.dead_letter.as_ref()),
+    ];
+    for (key, topic) in topics {
+        let Some(topic) = topic else { continue };
+        match client.topic(topic).await {
+            Ok(_) => {}
+            Err(exactly::client::ClientError::UnknownTopic { .. }) => anyhow::bail!(
+                "the {key} topic {topic:?} does not exist: create it first (e.g. `exactly topics \
+                 create {topic} --partitions 4 --config retention.ms=-1`) or set `{key}` to an \
+                 existing topic"
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot look up the {key} topic {topic:?}"))
+            }
+        }
     }
     Ok(())
 }
