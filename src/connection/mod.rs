@@ -129,6 +129,22 @@ impl Shared {
         }
     }
 
+    /// Like [`Shared::poison`], but replaces an earlier cause: for a failed re-authentication,
+    /// whose refusal the broker follows by closing the connection (the reader may see that
+    /// close first). No caller saw the earlier cause: re-authentication holds every in-flight
+    /// slot.
+    fn poison_overriding(&self, cause: ConnectionError) {
+        let pending = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            debug!(addr = %self.addr, %cause, "connection poisoned");
+            state.poisoned = Some(cause.clone());
+            std::mem::take(&mut state.pending)
+        };
+        for (_, reply) in pending {
+            let _ = reply.send(Err(cause.clone()));
+        }
+    }
+
     /// Records a response's `throttle_time_ms`: later requests wait until it has passed.
     fn throttle(&self, throttle_time_ms: i32) {
         if throttle_time_ms <= 0 {
@@ -788,7 +804,7 @@ async fn reauthenticate(
             }
             Ok(Err(cause)) => {
                 warn!(addr = %link.shared.addr, %cause, "re-authentication failed");
-                link.shared.poison(cause);
+                link.shared.poison_overriding(cause);
                 return;
             }
             Err(_) => {

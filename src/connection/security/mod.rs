@@ -515,4 +515,8 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, SecurityConfigError> {
 }
 
 #[cfg(test)]
+mod fake_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
