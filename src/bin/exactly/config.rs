@@ -205,7 +205,9 @@ pub(crate) fn merge(
             }
             let Some(key) = KEYS.iter().find(|k| k.name == name) else {
                 let snake = name.replace('-', "_");
-                let hint = if KEYS.iter().any(|k| k.name == snake) {
+                let hint = if let Some(hint) = kafka_table_hint(&name) {
+                    hint
+                } else if KEYS.iter().any(|k| k.name == snake) {
                     format!("; keys are snake_case: did you mean `{snake}`?")
                 } else {
                     format!("; known keys: {}", names().join(", "))
@@ -502,6 +504,18 @@ fn flatten(
     }
     Ok(())
 }
+/// For a top-level key of the file that is a client setting (`security_protocol`,
+/// `sasl.username` — the latter parses as a table `sasl`): where it belongs.
+fn kafka_table_hint(name: &str) -> Option<String> {
+    const PREFIXES: &[&str] = &["security", "sasl", "ssl", "enable_ssl", "enable"];
+    let first = name.split(['.', '_', '-']).next().unwrap_or(name);
+    PREFIXES.contains(&first).then(|| {
+        format!(
+            "; TLS and SASL settings go in the [{KAFKA_TABLE}] table with their dotted names, \
+             e.g. `[{KAFKA_TABLE}]` then `security.protocol = \"SASL_SSL\"`"
+        )
+    })
+}
 // --- end Kafka client settings ------------------------------------------------------------------
 
 /// `HOST:PORT` with a non-empty host and a port number (IPv6 in brackets: `[::1]:9898`).
@@ -711,6 +725,21 @@ mod tests {
             e.reason.contains("dead_letter from the flag --dead-letter"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn client_settings_outside_the_kafka_table_are_pointed_there() {
+        for text in ["security_protocol = \"SSL\"", "sasl.username = \"alice\""] {
+            let e = err(merge(file(text), &[], &flags(REQUIRED)));
+            assert!(e.reason.contains("[kafka] table"), "{e}");
+        }
+        // The table itself is not a job key.
+        let s = merge(
+            file("[kafka]\nsecurity.protocol = \"SSL\""),
+            &[],
+            &flags(REQUIRED),
+        );
+        assert!(s.is_ok(), "{s:?}");
     }
 
     #[test]

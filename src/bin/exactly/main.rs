@@ -18,7 +18,7 @@ mod verify;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use exactly::client::types::SecurityConfig;
+use exactly::client::types::{SecurityConfig, SecurityProtocol};
 use exactly::client::{Client, ClientConfig};
 
 /// End-to-end exactly-once stream processing on Kafka.
@@ -137,10 +137,11 @@ pub(crate) async fn connect(
     config.connection.security = security.clone();
     let protocol = security.protocol;
     Client::connect(config).await.with_context(|| {
-        format!(
-            "cannot connect to Kafka at {brokers} with security.protocol={protocol} \
-             (set --brokers or EXACTLY_BROKERS, and the security settings)"
-        )
+        if protocol == SecurityProtocol::Plaintext {
+            format!("cannot reach Kafka at {brokers} (set --brokers or EXACTLY_BROKERS)")
+        } else {
+            format!("cannot connect to Kafka at {brokers} with security.protocol={protocol}")
+        }
     })
 }
 
