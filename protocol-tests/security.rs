@@ -1,6 +1,6 @@
 //! TLS and SASL against the project's broker's secured listeners (`scripts/kafka security` lists
 //! them: SSL, SASL_PLAINTEXT, SASL_SSL, mutual TLS, a TLS listener whose certificate names
-//! another host, and a SASL listener with 5 s sessions for re-authentication).
+//! another host, and a SASL listener with 10 s sessions for re-authentication).
 //!
 //! Positive: produce, a committed and an aborted transaction, and a `read_committed` read over
 //! every secured listener and SASL mechanism. Negative: each misconfiguration is a clear error
