@@ -371,9 +371,28 @@ impl Connection {
             finalized_features: Vec::new(),
             tasks,
         };
-        tokio::time::timeout_at(deadline, conn.negotiate_versions())
-            .await
-            .map_err(|_| timed_out())??;
+        match tokio::time::timeout_at(deadline, conn.negotiate_versions()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Closed before any answer on a plaintext connection: a Kafka TLS listener does
+                // that (without a TLS alert). Ask the port in TLS, within the same budget.
+                let unanswered = hints.plaintext
+                    && conn.link.shared.frames_read.load(Ordering::Relaxed) == 0
+                    && e.is_disconnect();
+                if unanswered
+                    && tokio::time::timeout_at(deadline, security::tls::answers_tls(addr))
+                        .await
+                        .unwrap_or(false)
+                {
+                    return Err(ConnectionError::TlsRequired {
+                        addr: addr.to_owned(),
+                        evidence: "it closed the plaintext connection without answering ApiVersions, and answers a TLS ClientHello".to_owned(),
+                    });
+                }
+                return Err(e);
+            }
+            Err(_) => return Err(timed_out()),
+        }
         if let Some(sasl) = conn.config.security.sasl.clone().filter(|_| hints.sasl) {
             let version = conn.version_of::<SaslAuthenticateRequest>()?;
             let session = tokio::time::timeout_at(

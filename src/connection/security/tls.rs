@@ -241,6 +241,43 @@ pub(crate) fn looks_like_tls_record(bytes: &[u8]) -> bool {
     matches!(bytes, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
 }
 
+/// Whether `addr` speaks TLS: a ClientHello on a fresh connection gets a TLS answer (any: a
+/// completed handshake, or a TLS-level refusal). Used when a plaintext connection was closed
+/// before ApiVersions was answered, which is what a Kafka TLS listener does to a plaintext
+/// client — so that the user is told to turn TLS on instead of waiting out the retries.
+///
+/// # Cancel safety
+/// Cancel safe: the probe connection is dropped.
+pub(crate) async fn answers_tls(addr: &str) -> bool {
+    let Ok(name) = server_name(addr) else {
+        return false;
+    };
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+        .with_no_client_auth();
+    let Ok(tcp) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    match tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name.clone(), tcp)
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            !matches!(
+                handshake_error(addr, &name, &e),
+                ConnectionError::NotTls { .. }
+            ) && e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+        }
+    }
+}
+
 /// `enable.ssl.certificate.verification=false`: accepts any certificate (signatures on the
 /// handshake are still checked, so the session is at least with the holder of that key).
 #[derive(Debug)]

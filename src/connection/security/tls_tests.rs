@@ -262,3 +262,54 @@ async fn a_tls_client_against_a_plaintext_listener_is_told_it_is_not_tls() {
         "{err}"
     );
 }
+
+/// A Kafka TLS listener closes a plaintext connection without a TLS alert; the client then asks
+/// the port in TLS and, since it answers, says TLS is required (rather than retrying).
+#[tokio::test]
+async fn a_tls_listener_that_closes_silently_is_found_by_a_probe() {
+    let ca = ca("test CA");
+    let (cert, key, _) = leaf(&ca, &["127.0.0.1"]);
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        // The plaintext ApiVersions: read its size, close without a word.
+        let (mut plain, _) = listener.accept().await.unwrap();
+        let _ = plain.read_i32().await;
+        drop(plain);
+        // The probe: a real TLS handshake.
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(tcp).await;
+    });
+    let err = Connection::connect(&addr, ConnectionConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectionError::TlsRequired { evidence, .. } if evidence.contains("answers a TLS ClientHello")),
+        "{err:?}"
+    );
+}
+
+/// The same silent close from a listener that does not speak TLS stays a disconnect (retried).
+#[tokio::test]
+async fn a_silent_close_from_a_plaintext_listener_stays_a_disconnect() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = socket.read_i32().await;
+        }
+    });
+    let err = Connection::connect(&addr, ConnectionConfig::default())
+        .await
+        .unwrap_err();
+    // Closed (with the hint) or reset, depending on unread bytes at the close.
+    assert!(err.is_disconnect() && !err.is_security(), "{err:?}");
+}
