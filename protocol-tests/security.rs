@@ -815,4 +815,17 @@ async fn binary_reports_bad_security_settings() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sasl.password"), "{stderr}");
     assert!(!stderr.contains("wrong-password-123"), "{stderr}");
+    // The demo runs its own plaintext broker: security settings there are a mistake.
+    let out = exactly(
+        strings(&["--security-protocol", "SSL", "demo"]),
+        vec![],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the demo runs against the local plaintext broker"),
+        "{stderr}"
+    );
 }
