@@ -160,6 +160,15 @@ pub enum ConnectionError {
         /// What did not verify.
         reason: String,
     },
+    /// We did not authenticate and the listener requires SASL: it closed the connection after
+    /// ApiVersions, and a SaslHandshake on a new connection was answered with its mechanisms.
+    #[error("{addr}: the broker requires SASL authentication on this listener (it closed the connection at the first request after ApiVersions; it enables {}): set security.protocol=SASL_PLAINTEXT or SASL_SSL and sasl.mechanism to one of those, with sasl.username and sasl.password", if enabled.is_empty() { "no mechanism it names".to_owned() } else { enabled.join(", ") })]
+    SaslRequired {
+        /// Broker address.
+        addr: String,
+        /// The mechanisms the listener enables.
+        enabled: Vec<String>,
+    },
     /// OAUTHBEARER: the token command failed.
     #[error("sasl.oauthbearer.token.command {command:?} failed: {message}")]
     TokenCommand {
@@ -213,6 +222,7 @@ impl ConnectionError {
                 | Self::UnsupportedMechanism { .. }
                 | Self::ServerAuthenticationFailed { .. }
                 | Self::TokenCommand { .. }
+                | Self::SaslRequired { .. }
         )
     }
 }

@@ -326,6 +326,12 @@ impl Connection {
         let hints = ReadHints {
             plaintext: !security.protocol.uses_tls(),
             sasl: security.protocol.uses_sasl(),
+            tls: if security.protocol.uses_tls() {
+                Some(security.rustls_config()?)
+            } else {
+                None
+            },
+            probe_timeout_ms: timeout_ms,
         };
         let tasks = if security.protocol.uses_tls() {
             let rustls = security.rustls_config()?;
@@ -341,7 +347,7 @@ impl Connection {
                     read,
                     Arc::clone(&shared),
                     config.frame_bytes_max,
-                    hints,
+                    hints.clone(),
                 )),
                 tokio::spawn(write_loop(write, frames_rx, Arc::clone(&shared))),
             ]
@@ -352,7 +358,7 @@ impl Connection {
                     read,
                     Arc::clone(&shared),
                     config.frame_bytes_max,
-                    hints,
+                    hints.clone(),
                 )),
                 tokio::spawn(write_loop(write, frames_rx, Arc::clone(&shared))),
             ]
@@ -701,12 +707,16 @@ async fn write_loop(
 }
 
 /// What the reader knows of the connection, to explain an early close or foreign bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct ReadHints {
     /// No TLS: a TLS record header as the first bytes means the listener wants TLS.
     plaintext: bool,
     /// The connection authenticates with SASL.
     sasl: bool,
+    /// The TLS settings, for a probe connection.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The bound on such a probe (the connect timeout).
+    probe_timeout_ms: u64,
 }
 
 async fn read_loop(
@@ -757,18 +767,32 @@ async fn read_loop(
             Ok(None) => {}
             Err(e) => break ConnectionError::from(e),
         }
-        match socket.read_buf(&mut buf).await {
-            Ok(0) => {
-                break ConnectionError::Closed {
+        let closed = match socket.read_buf(&mut buf).await {
+            Ok(0) => ConnectionError::Closed {
+                addr: shared.addr.clone(),
+                cause: early_close_cause(shared.frames_read.load(Ordering::Relaxed), &hints),
+            },
+            Ok(_) => continue,
+            Err(e) => ConnectionError::io(&shared.addr, "read", &e),
+        };
+        // Closed at the first request after ApiVersions without SASL: what a SASL listener does
+        // to a client that skips authentication. Ask it (bounded) so that the caller is told
+        // to configure SASL instead of retrying until its deadline; requests in flight wait for
+        // the answer.
+        if !hints.sasl && shared.frames_read.load(Ordering::Relaxed) == 1 {
+            let probe = security::sasl::listener_requires_sasl(&shared.addr, hints.tls.clone());
+            if let Ok(Some(enabled)) =
+                tokio::time::timeout(Duration::from_millis(hints.probe_timeout_ms), probe).await
+            {
+                break ConnectionError::SaslRequired {
                     addr: shared.addr.clone(),
-                    cause: early_close_cause(shared.frames_read.load(Ordering::Relaxed), hints),
-                }
+                    enabled,
+                };
             }
-            Ok(_) => {}
-            Err(e) => break ConnectionError::io(&shared.addr, "read", &e),
         }
+        break closed;
     };
-    if !matches!(cause, ConnectionError::Closed { .. }) {
+    if !matches!(cause, ConnectionError::Closed { .. }) && !cause.is_security() {
         warn!(addr = %shared.addr, %cause, "connection lost framing");
     }
     shared.poison(cause);
@@ -777,7 +801,7 @@ async fn read_loop(
 /// Why the broker may have closed the connection, from how far it got. Kafka closes without a
 /// word when the client speaks plaintext to a TLS listener (before answering ApiVersions) or
 /// skips SASL on a SASL listener (after ApiVersions, at the first other request).
-fn early_close_cause(frames_read: u64, hints: ReadHints) -> String {
+fn early_close_cause(frames_read: u64, hints: &ReadHints) -> String {
     match frames_read {
         0 if hints.plaintext => "closed by the broker before answering ApiVersions (a TLS listener does this to a plaintext client: if so, set security.protocol=SSL or SASL_SSL)".to_owned(),
         1 if !hints.sasl => "closed by the broker after ApiVersions, before answering the first request (a SASL listener does this to a client that does not authenticate: if so, set security.protocol=SASL_PLAINTEXT or SASL_SSL and sasl.mechanism)".to_owned(),

@@ -499,3 +499,77 @@ async fn a_failed_reauthentication_poisons_the_connection_with_its_cause() {
     );
     assert_eq!(conn.poisoned(), Some(err));
 }
+
+/// A listener that answers ApiVersions, closes the connection at any other request before a
+/// SaslHandshake, and answers SaslHandshake with `handshake_code` and its mechanisms: a SASL
+/// listener (code 0) or, with ILLEGAL_SASL_STATE (34), one without SASL that closes anyway.
+async fn closing_after_api_versions(handshake_code: i16) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Some((header, _)) = read_request(&mut socket).await {
+                    match header.request_api_key {
+                        18 => {
+                            let response = ApiVersionsResponse::default().with_api_keys(vec![
+                                api(18, 3),
+                                api(3, 12),
+                                api(17, 1),
+                            ]);
+                            write_response(&mut socket, &header, &response).await;
+                        }
+                        17 => {
+                            let response = SaslHandshakeResponse::default()
+                                .with_error_code(handshake_code)
+                                .with_mechanisms(vec![
+                                    StrBytes::from_static_str("PLAIN"),
+                                    StrBytes::from_static_str("SCRAM-SHA-512"),
+                                ]);
+                            write_response(&mut socket, &header, &response).await;
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_client_without_sasl_is_told_that_the_listener_requires_it() {
+    let addr = closing_after_api_versions(0).await;
+    let conn = Connection::connect(&addr, ConnectionConfig::default())
+        .await
+        .unwrap();
+    let err = conn.request(&MetadataRequest::default()).await.unwrap_err();
+    assert_eq!(
+        err,
+        ConnectionError::SaslRequired {
+            addr: addr.clone(),
+            enabled: vec!["PLAIN".into(), "SCRAM-SHA-512".into()],
+        }
+    );
+    assert!(
+        err.to_string().contains(
+            "requires SASL authentication on this listener (it closed the connection at the first request after ApiVersions; it enables PLAIN, SCRAM-SHA-512): set security.protocol=SASL_PLAINTEXT or SASL_SSL"
+        ),
+        "{err}"
+    );
+    assert!(err.is_security());
+}
+
+#[tokio::test]
+async fn a_close_after_api_versions_from_a_listener_without_sasl_stays_a_disconnect() {
+    let addr = closing_after_api_versions(34).await;
+    let conn = Connection::connect(&addr, ConnectionConfig::default())
+        .await
+        .unwrap();
+    let err = conn.request(&MetadataRequest::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectionError::Closed { cause, .. } if cause.contains("a SASL listener does this")),
+        "{err:?}"
+    );
+    assert!(err.is_disconnect() && !err.is_security());
+}

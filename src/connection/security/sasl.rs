@@ -241,6 +241,59 @@ async fn oauthbearer_token(sasl: &SaslConfig) -> Result<super::Secret, Connectio
     Ok(super::Secret::new(token))
 }
 
+/// Whether the listener at `addr` expects SASL: a SaslHandshake v1 on a new connection (with
+/// the same TLS settings) is answered with its mechanism list, where a listener without SASL
+/// answers ILLEGAL_SASL_STATE. Returns the enabled mechanisms if so; `None` when it does not, or
+/// when the probe cannot tell (the broker is gone, anything unexpected).
+///
+/// # Cancel safety
+/// Cancel safe: the probe connection is dropped.
+pub(crate) async fn listener_requires_sasl(
+    addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Option<Vec<String>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    match tls {
+        Some(config) => {
+            let name = super::tls::server_name(addr).ok()?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            handshake_probe(stream).await
+        }
+        None => handshake_probe(tcp).await,
+    }
+}
+
+async fn handshake_probe<S>(mut stream: S) -> Option<Vec<String>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A mechanism list is small; anything larger is not the answer we look for.
+    const ANSWER_BYTES_MAX: i32 = 64 * 1024;
+    let mut buf = bytes::BytesMut::new();
+    let request = SaslHandshakeRequest::default().with_mechanism(kstr("PLAIN"));
+    crate::protocol::messages::encode_request(&mut buf, &request, 1, 0, "exactly").ok()?;
+    stream.write_all(&buf).await.ok()?;
+    let size = stream.read_i32().await.ok()?;
+    if !(4..=ANSWER_BYTES_MAX).contains(&size) {
+        return None;
+    }
+    let mut frame = vec![0; size as usize];
+    stream.read_exact(&mut frame).await.ok()?;
+    let response =
+        crate::protocol::messages::decode_response::<SaslHandshakeRequest>(Bytes::from(frame), 1)
+            .ok()?;
+    match response.error_code {
+        0 | UNSUPPORTED_SASL_MECHANISM => {
+            Some(response.mechanisms.iter().map(|m| m.to_string()).collect())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
