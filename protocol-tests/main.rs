@@ -26,3 +26,5 @@ mod transactions_java;
 mod txn_lifecycle;
 mod txn_settle;
 mod versions;
+// TLS and SASL against the secured listeners (issue 10).
+mod security;

@@ -263,6 +263,9 @@ impl ClientError {
         match self {
             Self::Broker { code, .. } => code.class,
             Self::Connection(ConnectionError::Timeout { .. }) => Class::UnknownOutcome,
+            // TLS and SASL failures (issue 10): the same settings fail the same way again; never
+            // retried as disconnects.
+            Self::Connection(e) if e.is_security() => Class::Fatal,
             Self::Connection(e) if e.is_disconnect() => Class::Retriable,
             Self::NoBrokers { .. } => Class::Retriable,
             Self::DeliveryTimeout { .. } => Class::UnknownOutcome,

@@ -146,6 +146,9 @@ impl Client {
                 message: "no broker address given".into(),
             });
         }
+        // TLS files read and SASL settings checked once, here, for every connection to share:
+        // a missing CA file is reported now, not as a failure to reach the brokers.
+        config.connection.security.prepare()?;
         let client = Self {
             inner: Arc::new(Inner {
                 config,
@@ -310,6 +313,11 @@ impl Client {
             for addr in &candidates {
                 match self.connect_once(addr, Lane::General).await {
                     Ok(conn) => return ControlFlow::Break(Ok(conn)),
+                    // A TLS or SASL failure (untrusted certificate, wrong password, ...) happens
+                    // again at every broker and attempt: report it now, not at the deadline.
+                    Err(ClientError::Connection(e)) if e.is_security() => {
+                        return ControlFlow::Break(Err(ClientError::Connection(e)))
+                    }
                     Err(ClientError::Connection(e)) => {
                         debug!(addr, error = %e, "broker unreachable; trying the next");
                         last_error = Some(e);

@@ -12,6 +12,11 @@ use std::fmt;
 
 pub use crate::connection::backoff::BackoffConfig;
 pub use crate::connection::{ConnectionConfig, ConnectionError};
+// TLS and SASL settings (issue 10).
+pub use crate::connection::{
+    SaslConfig, SaslMechanism, Secret, SecurityConfig, SecurityConfigError, SecurityProtocol,
+    TlsConfig,
+};
 pub use crate::protocol::compression::Compression;
 pub use crate::protocol::error_codes::{codes, Class, ErrorCode, Refresh};
 pub use crate::protocol::record_batch::{Record, RecordHeader};

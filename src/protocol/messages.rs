@@ -89,6 +89,28 @@ ours! {
     CreatePartitionsRequest => "CreatePartitions", 0..=3;
 }
 
+// --- SASL (issue 10) ---
+// Their responses carry no `throttle_time_ms`. SaslHandshake v1 only: v0 means the SASL exchange
+// follows as raw bytes outside Kafka framing (pre-KIP-152), which we do not speak.
+// SaslAuthenticate v1 adds `session_lifetime_ms` (KIP-368).
+macro_rules! ours_unthrottled {
+    ($($ty:ident => $name:literal, $min:literal ..= $max:literal;)*) => {
+        $(impl KafkaRequest for messages::$ty {
+            const NAME: &'static str = $name;
+            const OURS: Versions = Versions { min: $min, max: $max };
+            fn throttle_time_ms(_response: &Self::Response) -> i32 {
+                0
+            }
+        })*
+    };
+}
+
+ours_unthrottled! {
+    SaslHandshakeRequest => "SaslHandshake", 1..=1;
+    SaslAuthenticateRequest => "SaslAuthenticate", 0..=2;
+}
+// --- end SASL ---
+
 fn schema_error<R: KafkaRequest>(version: i16, err: impl std::fmt::Display) -> ProtocolError
 where
     R::Response: Send + 'static,

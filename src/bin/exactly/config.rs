@@ -210,9 +210,14 @@ pub(crate) fn merge(
                 reason: format!("not valid TOML: {}", e.message()),
             })?;
         for (name, value) in table {
+            if name == KAFKA_TABLE {
+                continue; // the security settings: read by `kafka_properties`
+            }
             let Some(key) = KEYS.iter().find(|k| k.name == name) else {
                 let snake = name.replace('-', "_");
-                let hint = if KEYS.iter().any(|k| k.name == snake) {
+                let hint = if let Some(hint) = kafka_table_hint(&name) {
+                    hint
+                } else if KEYS.iter().any(|k| k.name == snake) {
                     format!("; keys are snake_case: did you mean `{snake}`?")
                 } else {
                     format!("; known keys: {}", names().join(", "))
@@ -442,6 +447,103 @@ impl Checked {
         Ok(())
     }
 }
+
+// --- Kafka client settings (TLS and SASL, issue 10) -------------------------------------------
+// The `[kafka]` table of the `--config` file holds client settings in the librdkafka / Java
+// vocabulary, spelled as in those clients' properties files, because that is what a user copies
+// from their cluster's connection instructions:
+//
+//     [kafka]
+//     security.protocol = "SASL_SSL"
+//     sasl.mechanism = "SCRAM-SHA-512"
+//     sasl.username = "fraud-job"
+//
+// TOML reads `security.protocol = ...` inside `[kafka]` as nested tables; they are flattened back
+// into dotted keys here (a quoted `"security.protocol"` works too). The keys are checked by
+// `crate::security`, which also layers the environment and the flags over them.
+
+/// The table of the `--config` file holding the Kafka client settings.
+pub(crate) const KAFKA_TABLE: &str = "kafka";
+
+/// The `[kafka]` table of the `--config` file as `(dotted key, value)` pairs (none when the file
+/// has no such table). Strings, integers and booleans are accepted (`enable.ssl.certificate.verification
+/// = false`); other types are errors naming the key and the file.
+pub(crate) fn kafka_properties(
+    file: &ConfigFile<'_>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let origin = Origin::File(file.path.to_string());
+    let table: toml::Table = file
+        .text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError {
+            key: "(file)".to_string(),
+            origin: origin.clone(),
+            reason: format!("not valid TOML: {}", e.message()),
+        })?;
+    let Some(kafka) = table.get(KAFKA_TABLE) else {
+        return Ok(Vec::new());
+    };
+    let Some(kafka) = kafka.as_table() else {
+        return Err(ConfigError {
+            key: KAFKA_TABLE.to_string(),
+            origin,
+            reason: format!(
+                "expected a table of client settings (`[kafka]` followed by lines like \
+                 `security.protocol = \"SASL_SSL\"`), got a {}",
+                kafka.type_str()
+            ),
+        });
+    };
+    let mut out = Vec::new();
+    flatten(kafka, "", &origin, &mut out)?;
+    Ok(out)
+}
+
+fn flatten(
+    table: &toml::Table,
+    prefix: &str,
+    origin: &Origin,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let text = match value {
+            toml::Value::Table(inner) => {
+                flatten(inner, &key, origin, out)?;
+                continue;
+            }
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ConfigError {
+                    key: format!("{KAFKA_TABLE}.{key}"),
+                    origin: origin.clone(),
+                    reason: format!("expected a string, got a {}", other.type_str()),
+                })
+            }
+        };
+        out.push((key, text));
+    }
+    Ok(())
+}
+/// For a top-level key of the file that is a client setting (`security_protocol`,
+/// `sasl.username` — the latter parses as a table `sasl`): where it belongs.
+fn kafka_table_hint(name: &str) -> Option<String> {
+    const PREFIXES: &[&str] = &["security", "sasl", "ssl", "enable_ssl", "enable"];
+    let first = name.split(['.', '_', '-']).next().unwrap_or(name);
+    PREFIXES.contains(&first).then(|| {
+        format!(
+            "; TLS and SASL settings go in the [{KAFKA_TABLE}] table with their dotted names, \
+             e.g. `[{KAFKA_TABLE}]` then `security.protocol = \"SASL_SSL\"`"
+        )
+    })
+}
+// --- end Kafka client settings ------------------------------------------------------------------
 
 /// `HOST:PORT` with a non-empty host and a port number (IPv6 in brackets: `[::1]:9898`).
 fn host_port(s: &str) -> bool {
@@ -709,6 +811,21 @@ mod tests {
         assert_eq!(s.checkpoint_dir, PathBuf::new());
     }
     // --- end delivery guarantee ---
+
+    #[test]
+    fn client_settings_outside_the_kafka_table_are_pointed_there() {
+        for text in ["security_protocol = \"SSL\"", "sasl.username = \"alice\""] {
+            let e = err(merge(file(text), &[], &flags(REQUIRED)));
+            assert!(e.reason.contains("[kafka] table"), "{e}");
+        }
+        // The table itself is not a job key.
+        let s = merge(
+            file("[kafka]\nsecurity.protocol = \"SSL\""),
+            &[],
+            &flags(REQUIRED),
+        );
+        assert!(s.is_ok(), "{s:?}");
+    }
 
     #[test]
     fn addresses_are_host_and_port() {

@@ -11,12 +11,14 @@ mod gen;
 mod produce;
 mod prometheus;
 mod run;
+mod security;
 mod topics;
 mod txn;
 mod verify;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use exactly::client::types::{SecurityConfig, SecurityProtocol};
 use exactly::client::{Client, ClientConfig};
 
 /// End-to-end exactly-once stream processing on Kafka.
@@ -38,6 +40,10 @@ struct Cli {
     /// How long to keep retrying to reach the brokers, in ms.
     #[arg(long, global = true, default_value_t = 15_000)]
     connect_deadline_ms: u64,
+
+    /// TLS and SASL: `-X key=value` and the named flags (see `security.rs`).
+    #[command(flatten)]
+    security: security::SecurityArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -128,29 +134,53 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Connects to `brokers`, retrying for `connect_deadline_ms`.
-pub(crate) async fn connect(brokers: &str, connect_deadline_ms: u64) -> anyhow::Result<Client> {
+/// Connects to `brokers` with `security`, retrying for `connect_deadline_ms`.
+pub(crate) async fn connect(
+    brokers: &str,
+    connect_deadline_ms: u64,
+    security: &SecurityConfig,
+) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(brokers);
     config.retry.deadline_ms = connect_deadline_ms;
+    config.connection.security = security.clone();
+    let protocol = security.protocol;
     Client::connect(config).await.with_context(|| {
-        format!("cannot reach Kafka at {brokers} (set --brokers or EXACTLY_BROKERS)")
+        if protocol == SecurityProtocol::Plaintext {
+            format!("cannot reach Kafka at {brokers} (set --brokers or EXACTLY_BROKERS)")
+        } else {
+            format!("cannot connect to Kafka at {brokers} with security.protocol={protocol}")
+        }
     })
+}
+
+/// The process environment, as far as it is UTF-8.
+pub(crate) fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Run(args) = cli.command {
         // `run` takes its brokers from its layered configuration (file, environment, flag).
-        return run::run(cli.brokers, cli.connect_deadline_ms, *args).await;
+        return run::run(cli.brokers, cli.connect_deadline_ms, &cli.security, *args).await;
     }
+    let security = security::resolve(None, &environment(), &cli.security)?;
     let brokers = cli
         .brokers
         .or_else(|| std::env::var("EXACTLY_BROKERS").ok())
         .unwrap_or_else(|| "127.0.0.1:9092".to_string());
     // The demo connects by itself: it may have to start the broker first.
     if let Command::Demo(args) = cli.command {
+        if security.any_given {
+            anyhow::bail!(
+                "the demo runs against the local plaintext broker it starts; the security \
+                 settings (flags, -X or EXACTLY_* variables) are for the other subcommands"
+            );
+        }
         return demo::run(&brokers, cli.connect_deadline_ms, args).await;
     }
-    let client = connect(&brokers, cli.connect_deadline_ms).await?;
+    let client = connect(&brokers, cli.connect_deadline_ms, &security.config).await?;
     match cli.command {
         Command::Topics(cmd) => topics::run(client, cmd).await,
         Command::Produce(args) => produce::run(client, args).await,

@@ -124,6 +124,7 @@ impl RunArgs {
 pub(crate) async fn run(
     brokers_flag: Option<String>,
     connect_deadline_ms: u64,
+    security_args: &crate::security::SecurityArgs,
     args: RunArgs,
 ) -> anyhow::Result<()> {
     let text = match &args.config {
@@ -138,16 +139,19 @@ pub(crate) async fn run(
         (Some(path), Some(text)) => Some(config::ConfigFile { path, text }),
         _ => None,
     };
-    let env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let env = crate::environment();
     let mut flags = args.flags();
     if let Some(brokers) = brokers_flag {
         flags.push(("brokers", brokers));
     }
+    // The [kafka] table of the same file, the environment and the global flags (TLS, SASL).
+    // The job's own keys are reported first when both are wrong.
+    let security = crate::security::resolve(file.as_ref(), &env, security_args);
     let settings = config::merge(file, &env, &flags)?;
-    tracing::info!(?settings, "configuration");
-    let client = crate::connect(&settings.brokers, connect_deadline_ms).await?;
+    let security = security?.config;
+    // `security` prints its secrets as `***`.
+    tracing::info!(?settings, ?security, "configuration");
+    let client = crate::connect(&settings.brokers, connect_deadline_ms, &security).await?;
     run_job(client, settings, args.bounded).await
 }
 
