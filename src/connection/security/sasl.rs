@@ -73,16 +73,17 @@ pub(crate) async fn authenticate(
                 enabled: handshake.mechanisms.iter().map(|m| m.to_string()).collect(),
             })
         }
+        ILLEGAL_SASL_STATE => {
+            return Err(ConnectionError::SaslNotEnabled {
+                addr: addr.to_owned(),
+                code: error_codes::lookup(ILLEGAL_SASL_STATE),
+            })
+        }
         code => {
-            let code = error_codes::lookup(code);
             return Err(ConnectionError::AuthenticationFailed {
                 addr: addr.to_owned(),
                 mechanism,
-                message: if handshake.error_code == ILLEGAL_SASL_STATE {
-                    format!("{code} in answer to SaslHandshake: this listener may not use SASL (security.protocol=SSL or PLAINTEXT)")
-                } else {
-                    format!("SaslHandshake: {code}")
-                },
+                message: format!("SaslHandshake: {}", error_codes::lookup(code)),
             });
         }
     }
