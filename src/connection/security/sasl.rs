@@ -5,7 +5,7 @@
 //! Java client does; a failure comes back as SaslAuthenticate's error code and message, which we
 //! pass on ([`ConnectionError::AuthenticationFailed`]).
 //!
-//! Mechanisms: PLAIN (RFC 4616), SCRAM-SHA-256/512 ([`super::scram`], RFC 5802/7677, server
+//! Mechanisms: PLAIN (RFC 4616), SCRAM-SHA-256/512 (`super::scram`, RFC 5802/7677, server
 //! signature verified), OAUTHBEARER (RFC 7628: GS2 header `n,,`, then `auth=Bearer <token>`
 //! between 0x01 separators; the token is static or the trimmed stdout of a command run at each
 //! authentication, so that re-authentication picks up a refreshed token).
