@@ -169,6 +169,15 @@ pub enum ConnectionError {
         /// The mechanisms the listener enables.
         enabled: Vec<String>,
     },
+    /// We authenticate with SASL and the listener does not use it (SaslHandshake answered
+    /// ILLEGAL_SASL_STATE, as a Kafka listener without SASL does).
+    #[error("{addr}: this listener does not use SASL (SaslHandshake answered {code}): set security.protocol=PLAINTEXT or SSL, or use the broker's SASL port")]
+    SaslNotEnabled {
+        /// Broker address.
+        addr: String,
+        /// The error code.
+        code: ErrorCode,
+    },
     /// OAUTHBEARER: the token command failed.
     #[error("sasl.oauthbearer.token.command {command:?} failed: {message}")]
     TokenCommand {
@@ -223,6 +232,7 @@ impl ConnectionError {
                 | Self::ServerAuthenticationFailed { .. }
                 | Self::TokenCommand { .. }
                 | Self::SaslRequired { .. }
+                | Self::SaslNotEnabled { .. }
         )
     }
 }

@@ -699,7 +699,7 @@ async fn write_loop(
 ) {
     while let Some(frame) = frames.recv().await {
         if let Err(e) = socket.write_all(&frame).await {
-            shared.poison(ConnectionError::io(&shared.addr, "write", &e));
+            shared.poison(security::tls::socket_error(&shared.addr, "write", &e));
             return;
         }
     }
@@ -773,7 +773,7 @@ async fn read_loop(
                 cause: early_close_cause(shared.frames_read.load(Ordering::Relaxed), &hints),
             },
             Ok(_) => continue,
-            Err(e) => ConnectionError::io(&shared.addr, "read", &e),
+            Err(e) => security::tls::socket_error(&shared.addr, "read", &e),
         };
         // Closed at the first request after ApiVersions without SASL: what a SASL listener does
         // to a client that skips authentication. Ask it (bounded) so that the caller is told

@@ -516,6 +516,7 @@ async fn closing_after_api_versions(handshake_code: i16) -> String {
                                 api(18, 3),
                                 api(3, 12),
                                 api(17, 1),
+                                api(36, 2),
                             ]);
                             write_response(&mut socket, &header, &response).await;
                         }
@@ -572,4 +573,25 @@ async fn a_close_after_api_versions_from_a_listener_without_sasl_stays_a_disconn
         "{err:?}"
     );
     assert!(err.is_disconnect() && !err.is_security());
+}
+
+#[tokio::test]
+async fn a_sasl_client_against_a_listener_without_sasl_is_told_so() {
+    let addr = closing_after_api_versions(34).await;
+    let err = Connection::connect(&addr, config(SaslMechanism::Plain, "alice", "pw"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectionError::SaslNotEnabled { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("this listener does not use SASL (SaslHandshake answered ILLEGAL_SASL_STATE"),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("set security.protocol=PLAINTEXT or SSL"));
+    assert!(err.is_security());
 }

@@ -25,6 +25,26 @@
 //!
 //! Secrets ([`Secret`]) print as `***` in `Debug` and `Display`, so a configuration can be
 //! logged and no error ever carries a password or token.
+//!
+//! # Saying what to change
+//!
+//! A wrong setting must not look like an unreachable broker (retried until a deadline). TLS
+//! and SASL failures are their own [`ConnectionError`] variants, fatal
+//! ([`ConnectionError::is_security`]), each naming the key to change. Kafka does not always say
+//! what went wrong, so the connection infers it where it can be sure:
+//! - plaintext to a TLS listener: the broker answers with a TLS alert record (its header read
+//!   as a frame size would be 350+ MB) → `TlsRequired`; if it closes without a word before
+//!   ApiVersions is answered, a TLS ClientHello on a second connection tells
+//!   (`tls::answers_tls`);
+//! - TLS to a plaintext listener: it closes the connection at the ClientHello → `NotTls`;
+//! - no SASL on a SASL listener: ApiVersions is answered, then the connection is closed at the
+//!   first request; a SaslHandshake on a second connection lists the mechanisms
+//!   (`sasl::listener_requires_sasl`) → `SaslRequired`; SASL on a listener without it:
+//!   SaslHandshake answers ILLEGAL_SASL_STATE → `SaslNotEnabled`;
+//! - the broker refusing our client certificate (TLS 1.3: an alert at the first read) → `Tls`
+//!   naming `ssl.certificate.location`.
+//!
+//! When a probe cannot tell (the broker went away), the close stays a disconnect and is retried.
 
 pub mod sasl;
 pub(crate) mod scram;

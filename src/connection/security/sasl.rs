@@ -5,7 +5,7 @@
 //! Java client does; a failure comes back as SaslAuthenticate's error code and message, which we
 //! pass on ([`ConnectionError::AuthenticationFailed`]).
 //!
-//! Mechanisms: PLAIN (RFC 4616), SCRAM-SHA-256/512 ([`super::scram`], RFC 5802/7677, server
+//! Mechanisms: PLAIN (RFC 4616), SCRAM-SHA-256/512 (`super::scram`, RFC 5802/7677, server
 //! signature verified), OAUTHBEARER (RFC 7628: GS2 header `n,,`, then `auth=Bearer <token>`
 //! between 0x01 separators; the token is static or the trimmed stdout of a command run at each
 //! authentication, so that re-authentication picks up a refreshed token).
@@ -73,16 +73,17 @@ pub(crate) async fn authenticate(
                 enabled: handshake.mechanisms.iter().map(|m| m.to_string()).collect(),
             })
         }
+        ILLEGAL_SASL_STATE => {
+            return Err(ConnectionError::SaslNotEnabled {
+                addr: addr.to_owned(),
+                code: error_codes::lookup(ILLEGAL_SASL_STATE),
+            })
+        }
         code => {
-            let code = error_codes::lookup(code);
             return Err(ConnectionError::AuthenticationFailed {
                 addr: addr.to_owned(),
                 mechanism,
-                message: if handshake.error_code == ILLEGAL_SASL_STATE {
-                    format!("{code} in answer to SaslHandshake: this listener may not use SASL (security.protocol=SSL or PLAINTEXT)")
-                } else {
-                    format!("SaslHandshake: {code}")
-                },
+                message: format!("SaslHandshake: {}", error_codes::lookup(code)),
             });
         }
     }

@@ -234,6 +234,39 @@ fn handshake_error(addr: &str, name: &ServerName<'_>, e: &io::Error) -> Connecti
 /// tasks take its halves (`tokio::io::split`), as they take a TCP stream's.
 pub(crate) type TlsStream = Box<tokio_rustls::client::TlsStream<TcpStream>>;
 
+/// A read or write error on a connection: when it carries a TLS error (with TLS 1.3 the broker's
+/// refusal of our client certificate arrives as an alert at the first read after the
+/// handshake), a fatal [`ConnectionError::Tls`] that says what to change; otherwise the I/O
+/// error (a disconnect).
+pub(crate) fn socket_error(addr: &str, op: &'static str, e: &io::Error) -> ConnectionError {
+    use rustls::AlertDescription as A;
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return ConnectionError::io(addr, op, e);
+    };
+    let message = match tls {
+        rustls::Error::AlertReceived(
+            alert @ (A::CertificateRequired
+            | A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::AccessDenied),
+        ) => format!(
+            "the broker refused our client certificate (alert {alert:?}): set ssl.certificate.location and ssl.key.location to a certificate and key signed by a CA the broker trusts"
+        ),
+        other => format!("{op}: {other}"),
+    };
+    ConnectionError::Tls {
+        addr: addr.to_owned(),
+        message,
+    }
+}
+
 /// Whether the first bytes a plaintext connection received look like a TLS record header
 /// (content type handshake 0x16 or alert 0x15, version 0x03 0x00..=0x04): a TLS listener
 /// answering our plaintext request. As a Kafka frame size these bytes would be 350+ MB.

@@ -208,10 +208,15 @@ async fn mutual_tls_needs_the_client_certificate() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("CertificateRequired")
-            || err.to_string().contains("certificate required"),
+        matches!(&err, ConnectionError::Tls { message, .. } if message.contains("the broker refused our client certificate (alert CertificateRequired)")),
         "{err:?}"
     );
+    assert!(
+        err.to_string()
+            .contains("set ssl.certificate.location and ssl.key.location"),
+        "{err}"
+    );
+    assert!(err.is_security());
 }
 
 #[tokio::test]
