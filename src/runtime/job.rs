@@ -52,10 +52,17 @@ pub struct CheckpointConfig {
     pub timeout_ms: u64,
     /// How many complete checkpoints to keep.
     pub retain: usize,
+    /// After a restore, the first checkpoint comes this soon (at most `interval_ms`). The output
+    /// a crash left uncommitted is re-produced from the replayed input within milliseconds;
+    /// waiting a whole interval to commit it again made the time until the output caught up
+    /// again ≈ restart + one interval (measured, benches/vs-flink live recovery: 1.04 s at a
+    /// 1 s interval, of which ~80 ms restart and restore).
+    pub first_after_restore_ms: u64,
 }
 
 impl CheckpointConfig {
-    /// Defaults (1 s interval, 10 s timeout, keep 3) in `dir`.
+    /// Defaults (1 s interval, 10 s timeout, keep 3, the first checkpoint after a restore after
+    /// 100 ms) in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             enabled: true,
@@ -64,6 +71,7 @@ impl CheckpointConfig {
             min_pause_ms: 0,
             timeout_ms: 10_000,
             retain: 3,
+            first_after_restore_ms: 100,
         }
     }
 }

@@ -553,8 +553,15 @@ impl Coordinator {
         // their inputs are drained.
         let periodic = cc.enabled && cc.interval_ms > 0;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        // A job that restored (or replayed) a checkpoint takes its first one sooner: see
+        // `CheckpointConfig::first_after_restore_ms`.
+        let first_ms = if self.next_id > 1 {
+            cc.interval_ms.min(cc.first_after_restore_ms)
+        } else {
+            cc.interval_ms
+        };
         let mut next_trigger = if periodic {
-            Instant::now() + Duration::from_millis(cc.interval_ms)
+            Instant::now() + Duration::from_millis(first_ms)
         } else {
             far
         };
