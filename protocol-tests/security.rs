@@ -294,6 +294,7 @@ async fn refused_any(
     security: SecurityConfig,
     what: &str,
 ) -> (ClientError, String) {
+    let began = Instant::now();
     let result = tokio::time::timeout(NEGATIVE_DEADLINE, async {
         // A client that connected must still fail at its first real request.
         let client = connect(bootstrap, security).await?;
@@ -306,7 +307,7 @@ async fn refused_any(
         Err(e) => e,
     };
     let message = error.to_string();
-    eprintln!("{what}: {message}");
+    eprintln!("{what}: refused after {} ms: {message}", began.elapsed().as_millis());
     (error, message)
 }
 
