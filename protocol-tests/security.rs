@@ -307,7 +307,10 @@ async fn refused_any(
         Err(e) => e,
     };
     let message = error.to_string();
-    eprintln!("{what}: refused after {} ms: {message}", began.elapsed().as_millis());
+    eprintln!(
+        "{what}: refused after {} ms: {message}",
+        began.elapsed().as_millis()
+    );
     (error, message)
 }
 

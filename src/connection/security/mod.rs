@@ -393,6 +393,14 @@ impl SecurityConfig {
                 "enable.ssl.certificate.verification" => {
                     config.tls.verify_certificates = parse_bool(key, value)?
                 }
+                "ssl.key.password" => {
+                    return Err(SecurityConfigError::new(
+                        key,
+                        "encrypted private keys are not supported: decrypt the key (e.g. \
+                         `openssl pkey -in KEY -out client-key.pem`), keep it readable only by \
+                         the job's user, set ssl.key.location to it and drop ssl.key.password",
+                    ))
+                }
                 _ => {
                     return Err(SecurityConfigError::new(
                         key,

@@ -159,6 +159,11 @@ fn errors_name_the_key_and_what_to_change() {
             "ssl.endpoint.identification.algorithm",
             "is not `https`",
         ),
+        (
+            &[("ssl.key.password", "passphrase")],
+            "ssl.key.password",
+            "encrypted private keys are not supported: decrypt the key",
+        ),
     ];
     for (pairs, key, message) in cases {
         let err = parse(pairs).unwrap_err();

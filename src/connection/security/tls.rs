@@ -71,8 +71,7 @@ pub(crate) fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, Con
                     format!("{}: no CERTIFICATE in the file", cert.display()),
                 ));
             }
-            let key_der = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| pem_error("ssl.key.location", key, e))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| key_error(key, e))?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 config_error(
                     "ssl.key.location",
@@ -105,6 +104,41 @@ fn pem_error(
         other => other.to_string(),
     };
     config_error(key, format!("{}: {message}", path.display()))
+}
+
+/// [`pem_error`] for `ssl.key.location`, telling an encrypted key (PKCS#8 `ENCRYPTED PRIVATE KEY`
+/// or OpenSSL's legacy `Proc-Type: 4,ENCRYPTED`) from a file without a key: rustls reads
+/// unencrypted keys only, and "no PEM item" does not tell the user that the passphrase is the
+/// problem.
+fn key_error(path: &std::path::Path, e: rustls::pki_types::pem::Error) -> ConnectionError {
+    let encrypted = std::fs::read(path).is_ok_and(|bytes| {
+        let text = String::from_utf8_lossy(&bytes);
+        text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || text.contains("Proc-Type: 4,ENCRYPTED")
+    });
+    if encrypted {
+        return config_error(
+            "ssl.key.location",
+            format!(
+                "{}: the private key is encrypted with a passphrase, and encrypted keys are not \
+                 supported: decrypt it (e.g. `openssl pkey -in {} -out client-key.pem`), keep the \
+                 result readable only by the job's user, and set ssl.key.location to it",
+                path.display(),
+                path.display()
+            ),
+        );
+    }
+    match e {
+        rustls::pki_types::pem::Error::NoItemsFound => config_error(
+            "ssl.key.location",
+            format!(
+                "{}: no private key in the file (expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` \
+                 or `EC PRIVATE KEY` block)",
+                path.display()
+            ),
+        ),
+        other => pem_error("ssl.key.location", path, other),
+    }
 }
 
 fn root_store(tls: &TlsConfig) -> Result<RootCertStore, ConnectionError> {

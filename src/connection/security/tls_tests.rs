@@ -318,3 +318,49 @@ async fn a_silent_close_from_a_plaintext_listener_stays_a_disconnect() {
     // Closed (with the hint) or reset, depending on unread bytes at the close.
     assert!(err.is_disconnect() && !err.is_security(), "{err:?}");
 }
+
+/// The error of [`super::tls::client_config`] for a client certificate with the key file `key_pem`.
+fn key_file_error(test: &str, key_pem: &str) -> ConnectionError {
+    let ca = ca("test CA");
+    let dir = dir(test);
+    let (_, _, client_pem) = leaf(&ca, &["client"]);
+    let cert_pem = &client_pem[..client_pem.find("-----BEGIN PRIVATE KEY").unwrap()];
+    let tls = TlsConfig {
+        ca_location: Some(write(&dir, "ca.pem", &ca.cert.pem())),
+        certificate_location: Some(write(&dir, "client.pem", cert_pem)),
+        key_location: Some(write(&dir, "client.key", key_pem)),
+        ..TlsConfig::default()
+    };
+    match super::tls::client_config(&tls) {
+        Ok(_) => panic!("{test}: the key file was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn an_encrypted_private_key_is_named_as_such_with_how_to_decrypt_it() {
+    // The body does not matter: the PEM label (PKCS#8) or header (OpenSSL's legacy format) does.
+    let pkcs8 = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n";
+    let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQI\n-----END RSA PRIVATE KEY-----\n";
+    for (test, pem) in [("enc-pkcs8", pkcs8), ("enc-legacy", legacy)] {
+        let err = key_file_error(test, pem);
+        assert!(
+            matches!(&err, ConnectionError::SecurityConfig { key: "ssl.key.location", message }
+                if message.contains("the private key is encrypted with a passphrase")
+                    && message.contains("openssl pkey -in")),
+            "{test}: {err:?}"
+        );
+        assert!(err.is_security(), "{test}");
+    }
+}
+
+#[test]
+fn a_key_file_without_a_key_says_what_it_expected() {
+    let ca = ca("other");
+    let err = key_file_error("no-key", &ca.cert.pem());
+    assert!(
+        matches!(&err, ConnectionError::SecurityConfig { key: "ssl.key.location", message }
+            if message.contains("no private key in the file (expected a PEM `PRIVATE KEY`")),
+        "{err:?}"
+    );
+}
