@@ -100,7 +100,9 @@ fn pem_error(
     e: rustls::pki_types::pem::Error,
 ) -> ConnectionError {
     let message = match e {
-        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "no certificate in the file (expected a PEM `CERTIFICATE` block)".into()
+        }
         other => other.to_string(),
     };
     config_error(key, format!("{}: {message}", path.display()))
