@@ -15,7 +15,7 @@ pub use crate::connection::{ConnectionConfig, ConnectionError};
 // TLS and SASL settings (issue 10).
 pub use crate::connection::{
     SaslConfig, SaslMechanism, Secret, SecurityConfig, SecurityConfigError, SecurityProtocol,
-    TlsConfig,
+    TlsConfig, SECURITY_KEYS,
 };
 pub use crate::protocol::compression::Compression;
 pub use crate::protocol::error_codes::{codes, Class, ErrorCode, Refresh};

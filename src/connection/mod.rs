@@ -55,7 +55,7 @@ use tracing::{debug, trace, warn};
 pub use error::ConnectionError;
 pub use security::{
     SaslConfig, SaslMechanism, Secret, SecurityConfig, SecurityConfigError, SecurityProtocol,
-    TlsConfig,
+    TlsConfig, SECURITY_KEYS,
 };
 
 use crate::protocol::frame::FrameDecoder;

@@ -22,26 +22,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use clap::Args;
-use exactly::client::types::SecurityConfig;
+use exactly::client::types::{SecurityConfig, SECURITY_KEYS};
 
 use crate::config::{kafka_properties, ConfigError, ConfigFile, Origin};
-
-/// Every key `SecurityConfig::from_properties` accepts (the library's own list is not public to
-/// the binary), for reading their environment variables.
-const SECURITY_KEYS: &[&str] = &[
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-    "sasl.oauthbearer.token",
-    "sasl.oauthbearer.token.command",
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.endpoint.identification.algorithm",
-    "enable.ssl.certificate.verification",
-];
 
 /// Keys whose values are secrets: never printed.
 const SECRET_KEYS: &[&str] = &["sasl.password", "sasl.oauthbearer.token"];

@@ -71,7 +71,7 @@ pub(crate) fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, Con
                     format!("{}: no CERTIFICATE in the file", cert.display()),
                 ));
             }
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| key_error(key, e))?;
+            let key_der = private_key(key)?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 config_error(
                     "ssl.key.location",
@@ -99,48 +99,46 @@ fn pem_error(
     path: &std::path::Path,
     e: rustls::pki_types::pem::Error,
 ) -> ConnectionError {
-    let message = match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            "no certificate in the file (expected a PEM `CERTIFICATE` block)".into()
-        }
-        other => other.to_string(),
-    };
-    config_error(key, format!("{}: {message}", path.display()))
+    config_error(key, format!("{}: {e}", path.display()))
 }
 
-/// [`pem_error`] for `ssl.key.location`, telling an encrypted key (PKCS#8 `ENCRYPTED PRIVATE KEY`
-/// or OpenSSL's legacy `Proc-Type: 4,ENCRYPTED`) from a file without a key: rustls reads
-/// unencrypted keys only, and "no PEM item" does not tell the user that the passphrase is the
-/// problem.
-fn key_error(path: &std::path::Path, e: rustls::pki_types::pem::Error) -> ConnectionError {
-    let encrypted = std::fs::read(path).is_ok_and(|bytes| {
-        let text = String::from_utf8_lossy(&bytes);
-        text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+/// The private key of `ssl.key.location`, read once. rustls reads unencrypted keys only; when
+/// none parses, an encrypted key (PKCS#8 `ENCRYPTED PRIVATE KEY` or OpenSSL's legacy
+/// `Proc-Type: 4,ENCRYPTED`) is named as such, because "no key found" would not tell the user
+/// that the passphrase is the problem.
+fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, ConnectionError> {
+    use rustls::pki_types::pem::Error;
+    const KEY: &str = "ssl.key.location";
+    let pem = std::fs::read(path).map_err(|e| pem_error(KEY, path, Error::Io(e)))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        let text = String::from_utf8_lossy(&pem);
+        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
             || text.contains("Proc-Type: 4,ENCRYPTED")
-    });
-    if encrypted {
-        return config_error(
-            "ssl.key.location",
-            format!(
-                "{}: the private key is encrypted with a passphrase, and encrypted keys are not \
-                 supported: decrypt it (e.g. `openssl pkey -in {} -out client-key.pem`), keep the \
-                 result readable only by the job's user, and set ssl.key.location to it",
-                path.display(),
-                path.display()
+        {
+            return config_error(
+                KEY,
+                format!(
+                    "{}: the private key is encrypted with a passphrase, and encrypted keys are \
+                     not supported: decrypt it (e.g. `openssl pkey -in {} -out client-key.pem`), \
+                     keep the result readable only by the job's user, and set ssl.key.location \
+                     to it",
+                    path.display(),
+                    path.display()
+                ),
+            );
+        }
+        match e {
+            Error::NoItemsFound => config_error(
+                KEY,
+                format!(
+                    "{}: no private key in the file (expected a PEM `PRIVATE KEY`, \
+                     `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)",
+                    path.display()
+                ),
             ),
-        );
-    }
-    match e {
-        rustls::pki_types::pem::Error::NoItemsFound => config_error(
-            "ssl.key.location",
-            format!(
-                "{}: no private key in the file (expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` \
-                 or `EC PRIVATE KEY` block)",
-                path.display()
-            ),
-        ),
-        other => pem_error("ssl.key.location", path, other),
-    }
+            other => pem_error(KEY, path, other),
+        }
+    })
 }
 
 fn root_store(tls: &TlsConfig) -> Result<RootCertStore, ConnectionError> {
